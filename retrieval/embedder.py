@@ -1,0 +1,88 @@
+"""Sentence-transformers embedder: loads once, embeds in batches, counts what it computed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from retrieval.settings import EmbedderSettings
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger(__name__)
+
+
+class Embedder:
+    """Dense vectors for chunks and queries from any sentence-transformers model (name or local path)."""
+
+    def __init__(self, settings: EmbedderSettings) -> None:
+        self.settings = settings
+        self._model: SentenceTransformer | None = None
+        self._lock = threading.Lock()
+        self.texts_embedded = 0  # chunks embedded since start; tests use it to prove skips
+
+    def warm_up(self) -> None:
+        """Load the model (offline: weights come from a local folder or the local cache)."""
+        with self._lock:
+            if self._model is not None:
+                return
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            from sentence_transformers import SentenceTransformer
+
+            name = self.settings.resolved_model()
+            log.info("embedder.load model=%s device=%s", name, self.settings.device)
+            try:
+                self._model = SentenceTransformer(str(name), device=self.settings.device)
+            except OSError as exc:
+                raise RuntimeError(
+                    f"cannot load embedding model {name!r}: {exc}. Set KB_EMBEDDING_MODEL to a local "
+                    "sentence-transformers folder or a model present in the Hugging Face cache."
+                ) from exc
+
+    @property
+    def model(self) -> SentenceTransformer:
+        if self._model is None:
+            self.warm_up()
+        assert self._model is not None
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        dim = self.model.get_embedding_dimension()
+        assert dim is not None
+        return int(dim)
+
+    @property
+    def max_tokens(self) -> int:
+        """Word pieces the model reads before truncating (chunks must fit)."""
+        return int(self.model.max_seq_length)
+
+    def count_tokens(self, text: str) -> int:
+        """Word pieces of `text` in the model's own tokenizer (no special tokens)."""
+        return len(self.model.tokenizer.encode(text, add_special_tokens=False))
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        """Normalised vectors for chunks, batched by the configured batch size."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(
+            texts,
+            batch_size=self.settings.batch_size,
+            normalize_embeddings=self.settings.normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        self.texts_embedded += len(texts)
+        return np.asarray(vectors, dtype=np.float32)
+
+    def embed_query(self, text: str) -> list[float]:
+        vector = self.model.encode(
+            [text], normalize_embeddings=self.settings.normalize, convert_to_numpy=True, show_progress_bar=False
+        )
+        return [float(x) for x in vector[0]]

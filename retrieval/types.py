@@ -1,0 +1,125 @@
+"""Domain types every layer passes around instead of dicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+PUBLIC_GROUP = "public"
+
+
+class SearchMode(str, Enum):
+    """How a query is scored: lexical, semantic, or both fused in one engine query."""
+
+    BM25 = "bm25"
+    DENSE = "dense"
+    HYBRID = "hybrid"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: the groups they belong to decide which chunks they may read."""
+
+    name: str
+    groups: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ("read",)
+
+    @property
+    def readable_groups(self) -> list[str]:
+        """Groups used in the engine's ACL filter: the caller's own plus `public`."""
+        return sorted({*self.groups, PUBLIC_GROUP})
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document as stored in the index (the point's payload)."""
+
+    doc_id: str
+    source: str
+    ordinal: int
+    text: str
+    content_hash: str
+    acl: tuple[str, ...]
+    title: str = ""
+    path: str = ""
+    section: str = ""
+    start_char: int = 0
+    end_char: int = 0
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "doc_id": self.doc_id,
+            "source": self.source,
+            "ordinal": self.ordinal,
+            "text": self.text,
+            "content_hash": self.content_hash,
+            "acl": list(self.acl),
+            "title": self.title,
+            "path": self.path,
+            "section": self.section,
+            "start_char": self.start_char,
+            "end_char": self.end_char,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Chunk:
+        return cls(
+            doc_id=str(payload["doc_id"]),
+            source=str(payload.get("source", "")),
+            ordinal=int(payload.get("ordinal", 0)),
+            text=str(payload.get("text", "")),
+            content_hash=str(payload.get("content_hash", "")),
+            acl=tuple(payload.get("acl", ()) or ()),
+            title=str(payload.get("title", "")),
+            path=str(payload.get("path", "")),
+            section=str(payload.get("section", "")),
+            start_char=int(payload.get("start_char", 0)),
+            end_char=int(payload.get("end_char", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class Citation:
+    """Where a piece of evidence came from, precise enough to show the passage."""
+
+    doc_id: str
+    path: str
+    title: str
+    chunk: int
+    text: str
+    start_char: int = 0
+    end_char: int = 0
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved chunk with its score in the mode that found it."""
+
+    chunk: Chunk
+    score: float
+    point_id: str = ""
+
+    @property
+    def citation(self) -> Citation:
+        return Citation(
+            doc_id=self.chunk.doc_id,
+            path=self.chunk.path,
+            title=self.chunk.title,
+            chunk=self.chunk.ordinal,
+            text=self.chunk.text,
+            start_char=self.chunk.start_char,
+            end_char=self.chunk.end_char,
+        )
+
+
+@dataclass
+class Usage:
+    """What an answer cost: tokens in and out and time spent per stage (ms)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    stages_ms: dict[str, float] = field(default_factory=dict)
