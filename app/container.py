@@ -1,0 +1,118 @@
+"""Explicit wiring: build every component once from Settings, and start/stop the embedded worker."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import Celery
+
+from app.services import AnswerService, SearchService
+from app.settings import Settings
+from app.db import init_db
+from ingestion import catalog
+from ingestion.celery_app import configure_celery, ingest_job, set_pipeline
+from ingestion.models import Source
+from ingestion.pipeline import IngestPipeline
+from retrieval.embedder import Embedder
+from retrieval.factory import open_store
+from retrieval.search import Retriever
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(Exception):
+    """The Celery broker refused the job; the API answers 503."""
+
+
+class Container:
+    """Owns the index (store), the models, SQL sessions and the Celery app for one process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.sessions = init_db(settings.sql_url)
+        self.store = open_store(settings.index)
+        self.embedder = Embedder(settings.index.embedder)
+        self.retriever = Retriever(self.store, self.embedder, settings.index)
+        self.search = SearchService(self.retriever)
+        self.answers = AnswerService(self.retriever, self.embedder, settings.answer_sentences)
+        self.pipeline = IngestPipeline(
+            self.sessions, self.store, self.embedder, settings.index, max_file_bytes=settings.max_file_bytes
+        )
+        self.celery: Celery = configure_celery(settings.broker)
+        self._worker: threading.Thread | None = None
+
+    def warm_up(self) -> None:
+        """Load the model and open the index before the first request, not during it."""
+        self.embedder.warm_up()
+        self.store.ensure_collection(self.embedder.dim)
+
+    def enqueue(self, job_id: str) -> None:
+        try:
+            ingest_job.apply_async(args=[job_id], retry=False)
+        except Exception as exc:  # kombu raises OperationalError and friends
+            raise BrokerUnavailable(f"the task broker is not reachable ({exc}); is Redis running?") from exc
+
+    def run_inline(self, job_id: str) -> dict[str, object]:
+        """Run a job in this process through the same task code (the CLI with no server)."""
+        set_pipeline(self.pipeline)
+        result = ingest_job.apply(args=[job_id], throw=True)
+        return dict(result.get())
+
+    def start_worker(self) -> None:
+        """A Celery worker in a thread of this process, which owns the shard (notes/celery-embedded.md)."""
+        set_pipeline(self.pipeline)
+        app = self.celery
+
+        def run() -> None:
+            app.finalize()
+            app.set_current()
+            app.set_default()
+            worker = app.WorkController(
+                pool="threads",
+                concurrency=self.settings.worker_concurrency,
+                loglevel=self.settings.log_level,
+                without_heartbeat=True,
+                without_mingle=True,
+                without_gossip=True,
+                queues=["kb-ingest"],
+            )
+            worker.start()
+
+        self._worker = threading.Thread(target=run, name="celery-worker", daemon=True)
+        self._worker.start()
+        log.info("worker.started broker=%s", self.settings.broker_url or "filesystem")
+        if not self.settings.broker_url:
+            self._resume_unfinished()
+
+    def _resume_unfinished(self) -> None:
+        # The filesystem broker forgets a task whose worker died; SQL remembers the job, so requeue it.
+        with self.sessions() as db:
+            for job_id in catalog.unfinished_jobs(db):
+                log.info("job.resume job=%s", job_id)
+                self.enqueue(job_id)
+
+    def ingest_sample(self) -> str | None:
+        """Index the sample corpus that ships with the project (make run), once."""
+        with self.sessions() as db:
+            if db.get(Source, "sample") is not None:
+                return None
+            catalog.create_source(db, "sample", str(self.settings.sample_dir.resolve()), ["public"])
+            job = catalog.open_job(db, "sample")
+        log.info("sample.ingest job=%s dir=%s", job.id, self.settings.sample_dir)
+        self.enqueue(job.id)
+        return job.id
+
+    def stop_worker(self) -> None:
+        if self._worker is None:
+            return
+        from celery.worker import state
+
+        state.should_stop = 0  # warm shutdown: running tasks finish first
+        self._worker.join(120)
+        self._worker = None
+
+    def close(self) -> None:
+        self.stop_worker()
+        self.store.close()

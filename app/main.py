@@ -1,0 +1,49 @@
+"""The FastAPI application: routes over a Container built once per process."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import errors, routes_admin, routes_health, routes_query
+from app.container import Container
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings | None = None, container: Container | None = None, ingest_sample: bool = False
+) -> FastAPI:
+    """Build the app; the lifespan warms the models, starts the embedded worker and closes the index."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        c = container or Container(settings)
+        app.state.container = c
+        c.warm_up()
+        if settings.worker_enabled:
+            c.start_worker()
+        if ingest_sample:
+            c.ingest_sample()
+        log.info("api.ready url=%s backend=%s", settings.server_url, settings.index.backend)
+        try:
+            yield
+        finally:
+            c.close()
+
+    app = FastAPI(
+        title="kb: grounded answers over your documents",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Hybrid, permission-filtered search and cited answers. Authenticate with 'Authorization: Bearer <key>'.",
+    )
+    errors.install(app)
+    app.include_router(routes_health.router)
+    app.include_router(routes_query.router)
+    app.include_router(routes_admin.router)
+    return app

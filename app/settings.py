@@ -1,0 +1,83 @@
+"""The one place the service reads its environment (KB_*)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ingestion.celery_app import BrokerSettings
+from retrieval.settings import EmbedderSettings, FusionSettings, IndexSettings
+
+
+class Settings(BaseSettings):
+    """Every knob, with defaults that run on a bare machine (embedded Qdrant, SQLite, filesystem broker)."""
+
+    model_config = SettingsConfigDict(env_prefix="KB_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    url: str = ""  # where the CLI finds a running server; default http://host:port
+    api_key: str = ""  # the CLI's key for a running server; default: the bootstrap admin key file
+    database_url: str = ""  # default sqlite:///<data_dir>/kb.sqlite
+    broker_url: str = ""  # default: embedded filesystem broker (no server)
+    broker_visibility_timeout: int = 3600
+    worker_concurrency: int = 2
+    run_worker: bool | None = None  # default: yes when the index is embedded
+    qdrant_url: str = ""
+    qdrant_api_key: str = ""
+    qdrant_path: str = ""
+    collection: str = "kb"
+    embedding_model: str = ""
+    embed_batch_size: int = 32
+    chunk_tokens: int = 200
+    chunk_overlap: int = 30
+    max_file_bytes: int = 50_000_000
+    max_query_chars: int = 2000
+    max_top_k: int = 100
+    answer_sentences: int = 4
+    rrf_k: int = FusionSettings.rrf_k
+    log_level: str = "INFO"
+    sample_dir: Path = Field(default_factory=lambda: Path(__file__).resolve().parent.parent / "docs" / "sample-corpus")
+
+    @cached_property
+    def index(self) -> IndexSettings:
+        return IndexSettings(
+            data_dir=self.data_dir,
+            collection=self.collection,
+            qdrant_url=self.qdrant_url,
+            qdrant_api_key=self.qdrant_api_key,
+            qdrant_path=self.qdrant_path,
+            chunk_tokens=self.chunk_tokens,
+            chunk_overlap=self.chunk_overlap,
+            embedder=EmbedderSettings(model=self.embedding_model, batch_size=self.embed_batch_size),
+            fusion=FusionSettings(rrf_k=self.rrf_k),
+        )
+
+    @property
+    def broker(self) -> BrokerSettings:
+        return BrokerSettings(
+            url=self.broker_url,
+            data_dir=self.data_dir,
+            visibility_timeout=self.broker_visibility_timeout,
+            concurrency=self.worker_concurrency,
+        )
+
+    @property
+    def sql_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'kb.sqlite').resolve()}"
+
+    @property
+    def server_url(self) -> str:
+        return self.url or f"http://{self.host}:{self.port}"
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.data_dir / "admin.key"
+
+    @property
+    def worker_enabled(self) -> bool:
+        return self.run_worker if self.run_worker is not None else self.index.backend == "embedded"

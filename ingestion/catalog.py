@@ -1,0 +1,100 @@
+"""Sources and jobs in SQL: create, update, look up, and open a job for a re-index."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ingestion.models import Job, JobFailure, Source
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_GROUP = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
+
+
+class CatalogError(ValueError):
+    """Bad source or job input; `field` names what to fix."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(Exception):
+    pass
+
+
+def validate_acl(acl: list[str]) -> list[str]:
+    groups = sorted({g.strip() for g in acl if g.strip()})
+    if not groups:
+        raise CatalogError("acl", "a source needs at least one ACL group (use 'public' for everyone)")
+    for group in groups:
+        if not _GROUP.match(group):
+            raise CatalogError("acl", f"invalid group name {group!r}: use letters, digits and _ . : @ -")
+    return groups
+
+
+def create_source(db: Session, name: str, location: str, acl: list[str]) -> Source:
+    if not _NAME.match(name):
+        raise CatalogError("name", f"invalid source name {name!r}: lowercase letters, digits, _ . - (max 64)")
+    if not location.strip():
+        raise CatalogError("path", "a directory source needs a path")
+    if db.get(Source, name) is not None:
+        raise Conflict(f"source {name!r} already exists; PATCH /v1/sources/{name} to change it")
+    source = Source(id=name, kind="directory", location=location, acl=validate_acl(acl))
+    db.add(source)
+    db.commit()
+    return source
+
+
+def update_source(db: Session, name: str, location: str | None = None, acl: list[str] | None = None) -> Source:
+    source = get_source(db, name)
+    if location is not None:
+        if not location.strip():
+            raise CatalogError("path", "a directory source needs a path")
+        source.location = location
+    if acl is not None:
+        source.acl = validate_acl(acl)
+    db.commit()
+    return source
+
+
+def get_source(db: Session, name: str) -> Source:
+    source = db.get(Source, name)
+    if source is None:
+        raise NotFound(f"source {name!r} does not exist; create it with POST /v1/sources")
+    return source
+
+
+def list_sources(db: Session) -> list[Source]:
+    return list(db.scalars(select(Source).order_by(Source.id)))
+
+
+def open_job(db: Session, source_id: str) -> Job:
+    get_source(db, source_id)
+    job = Job(id=uuid.uuid4().hex, source_id=source_id, status="queued")
+    db.add(job)
+    db.commit()
+    return job
+
+
+def get_job(db: Session, job_id: str) -> Job:
+    job = db.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id!r} does not exist")
+    return job
+
+
+def job_failures(db: Session, job_id: str) -> list[dict[str, str]]:
+    rows = db.scalars(select(JobFailure).where(JobFailure.job_id == job_id).order_by(JobFailure.id))
+    return [{"path": r.path, "reason": r.reason} for r in rows]
+
+
+def unfinished_jobs(db: Session) -> list[str]:
+    return list(db.scalars(select(Job.id).where(Job.status.in_(["queued", "running"])).order_by(Job.created_at)))

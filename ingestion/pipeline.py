@@ -1,0 +1,259 @@
+"""The ingestion job: load → chunk → embed in batches across documents → upsert, driven by content hashes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ingestion.chunking import Chunker
+from ingestion.loaders import LoadError, load_file
+from ingestion.models import Document, Job, JobFailure, Source, utcnow
+from ingestion.sources import DirectorySource, SourceError, SourceFile, file_hash
+from retrieval.bm25 import bm25_field_text
+from retrieval.embedder import Embedder
+from retrieval.settings import IndexSettings
+from retrieval.store import IndexedChunk, Store
+from retrieval.types import PUBLIC_GROUP, Chunk
+
+log = logging.getLogger(__name__)
+
+
+class JobNotFound(Exception):
+    pass
+
+
+@dataclass
+class _Pending:
+    """A document whose chunks wait for the next embedding batch."""
+
+    file: SourceFile
+    doc_id: str
+    content_hash: str
+    title: str
+    acl: list[str]
+    chunks: list[Chunk] = field(default_factory=list)
+
+
+def effective_acl(source_acl: list[str], narrowed: list[str] | None) -> list[str]:
+    """A document may narrow its source's groups; it can never widen them."""
+    if not narrowed:
+        return sorted(set(source_acl))
+    if PUBLIC_GROUP in source_acl:
+        return sorted(set(narrowed))
+    allowed = sorted(set(narrowed) & set(source_acl))
+    if not allowed:
+        raise LoadError(f"front matter acl {narrowed} shares no group with the source's acl {source_acl}")
+    return allowed
+
+
+class IngestPipeline:
+    """Runs ingestion jobs; every step is idempotent so a redelivered task repeats no work and no points."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        store: Store,
+        embedder: Embedder,
+        settings: IndexSettings,
+        max_file_bytes: int = 50_000_000,
+        batch_chunks: int = 64,
+    ) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.embedder = embedder
+        self.settings = settings
+        self.max_file_bytes = max_file_bytes
+        self.batch_chunks = batch_chunks
+        self._chunker: Chunker | None = None
+        self._running: set[str] = set()
+        self._guard = threading.Lock()
+
+    @property
+    def chunker(self) -> Chunker:
+        if self._chunker is None:
+            self._chunker = Chunker(self.embedder.count_tokens, self.settings.chunk_tokens, self.settings.chunk_overlap)
+        return self._chunker
+
+    @property
+    def index_signature(self) -> str:
+        """Settings that change chunks or vectors: a change re-embeds every document."""
+        s = self.settings
+        return f"v1|{s.embedder.resolved_model()}|{s.chunk_tokens}|{s.chunk_overlap}"
+
+    def run_job(self, job_id: str) -> dict[str, object]:
+        """Run (or resume) a job to the end; a job already finished is left as it is."""
+        with self._guard:
+            if job_id in self._running:
+                log.info("job.skip_duplicate job=%s", job_id)
+                return {"id": job_id, "status": "running"}
+            self._running.add(job_id)
+        try:
+            return self._run(job_id)
+        finally:
+            with self._guard:
+                self._running.discard(job_id)
+
+    def _run(self, job_id: str) -> dict[str, object]:
+        with self.sessions() as db:
+            job = db.get(Job, job_id)
+            if job is None:
+                raise JobNotFound(f"job {job_id} does not exist")
+            if job.status in {"succeeded", "failed", "cancelled"}:
+                return job.progress()
+            source = db.get(Source, job.source_id)
+            assert source is not None
+            job.status, job.started_at, job.attempts = "running", utcnow(), job.attempts + 1
+            job.docs_done = job.docs_failed = job.docs_skipped = job.docs_deleted = 0
+            job.chunks_indexed = job.chunks_embedded = 0
+            db.query(JobFailure).filter(JobFailure.job_id == job_id).delete()
+            db.commit()
+            source_id, source_acl, location = source.id, list(source.acl), source.location
+        started = time.perf_counter()
+        try:
+            files = DirectorySource(location).files()
+        except SourceError as exc:
+            self._finish(job_id, "failed", str(exc))
+            return self._progress(job_id)
+        self._update(job_id, docs_total=len(files))
+        self.store.ensure_collection(self.embedder.dim)
+        pending: list[_Pending] = []
+        for file in files:
+            item = self._prepare(job_id, source_id, source_acl, file)
+            if item is not None:
+                pending.append(item)
+            if sum(len(p.chunks) for p in pending) >= self.batch_chunks:
+                self._flush(job_id, source_id, pending)
+                pending = []
+        self._flush(job_id, source_id, pending)
+        self._delete_vanished(job_id, source_id, {f"{source_id}:{f.relpath}" for f in files})
+        self.store.optimize()
+        self._finish(job_id, "succeeded")
+        result = self._progress(job_id)
+        log.info("job.done job=%s source=%s seconds=%.1f %s", job_id, source_id, time.perf_counter() - started, result)
+        return result
+
+    def _prepare(self, job_id: str, source_id: str, source_acl: list[str], file: SourceFile) -> _Pending | None:
+        """Load one file; return it for embedding, or None when it was skipped, ACL-updated or failed."""
+        doc_id = f"{source_id}:{file.relpath}"
+        try:
+            content_hash = file_hash(file.path, self.index_signature)
+            loaded = load_file(file.path, self.max_file_bytes)
+            narrowed = loaded.meta.get("acl")
+            acl = effective_acl(source_acl, [narrowed] if isinstance(narrowed, str) else narrowed)
+        except (LoadError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, LoadError) else f"cannot read file: {exc}"
+            self._fail_doc(job_id, source_id, doc_id, file, reason)
+            return None
+        with self.sessions() as db:
+            row = db.get(Document, doc_id)
+            if row is not None and row.status == "indexed" and row.content_hash == content_hash:
+                if sorted(row.acl) != acl:
+                    self.store.set_acl(doc_id, acl)  # ACL-only change: new payload, no embedding
+                    row.acl = acl
+                    db.commit()
+                self._bump(job_id, docs_done=1, docs_skipped=1)
+                return None
+        spans = self.chunker.split(loaded.text)
+        if not spans:
+            self._fail_doc(job_id, source_id, doc_id, file, "document has no text to index")
+            return None
+        item = _Pending(file, doc_id, content_hash, loaded.title, acl)
+        for ordinal, span in enumerate(spans):
+            item.chunks.append(
+                Chunk(
+                    doc_id=doc_id,
+                    source=source_id,
+                    ordinal=ordinal,
+                    text=span.text,
+                    content_hash=content_hash,
+                    acl=tuple(acl),
+                    title=loaded.title,
+                    path=str(file.path),
+                    start_char=span.start_char,
+                    end_char=span.end_char,
+                )
+            )
+        return item
+
+    def _flush(self, job_id: str, source_id: str, pending: list[_Pending]) -> None:
+        """Embed every pending chunk in one batch, upsert, then retire the documents' older versions."""
+        if not pending:
+            return
+        chunks = [c for p in pending for c in p.chunks]
+        texts = [embed_text(c) for c in chunks]
+        vectors = self.embedder.embed_documents(texts)
+        points = [
+            IndexedChunk(chunk=c, vector=[float(x) for x in v], bm25_text=bm25_field_text(t))
+            for c, t, v in zip(chunks, texts, vectors, strict=True)
+        ]
+        self.store.upsert(points)
+        with self.sessions() as db:
+            for p in pending:
+                # New version first, then drop the old: a query never finds neither.
+                self.store.delete_doc(p.doc_id, keep_hash=p.content_hash)
+                row = db.get(Document, p.doc_id) or Document(id=p.doc_id, source_id=source_id)
+                row.path, row.title, row.content_hash, row.acl = str(p.file.path), p.title, p.content_hash, p.acl
+                row.chunk_count, row.status, row.error = len(p.chunks), "indexed", ""
+                db.merge(row)
+            db.commit()
+        self._bump(job_id, docs_done=len(pending), chunks_indexed=len(chunks), chunks_embedded=len(chunks))
+
+    def _delete_vanished(self, job_id: str, source_id: str, present: set[str]) -> None:
+        with self.sessions() as db:
+            gone = [d for d in db.scalars(select(Document).where(Document.source_id == source_id)) if d.id not in present]
+            for doc in gone:
+                self.store.delete_doc(doc.id)
+                db.delete(doc)
+            db.commit()
+        if gone:
+            self._bump(job_id, docs_deleted=len(gone))
+
+    def _fail_doc(self, job_id: str, source_id: str, doc_id: str, file: SourceFile, reason: str) -> None:
+        log.warning("doc.failed job=%s path=%s reason=%s", job_id, file.relpath, reason)
+        self.store.delete_doc(doc_id)
+        with self.sessions() as db:
+            row = db.get(Document, doc_id) or Document(id=doc_id, source_id=source_id)
+            row.path, row.status, row.error, row.content_hash, row.chunk_count = str(file.path), "failed", reason, "", 0
+            db.merge(row)
+            db.add(JobFailure(job_id=job_id, path=file.relpath, reason=reason))
+            db.commit()
+        self._bump(job_id, docs_failed=1)
+
+    def _bump(self, job_id: str, **deltas: int) -> None:
+        with self.sessions() as db:
+            job = db.get(Job, job_id)
+            assert job is not None
+            for name, delta in deltas.items():
+                setattr(job, name, getattr(job, name) + delta)
+            db.commit()
+
+    def _update(self, job_id: str, **values: object) -> None:
+        with self.sessions() as db:
+            job = db.get(Job, job_id)
+            assert job is not None
+            for name, value in values.items():
+                setattr(job, name, value)
+            db.commit()
+
+    def _finish(self, job_id: str, status: str, error: str = "") -> None:
+        self._update(job_id, status=status, error=error, finished_at=utcnow())
+
+    def _progress(self, job_id: str) -> dict[str, object]:
+        with self.sessions() as db:
+            job = db.get(Job, job_id)
+            assert job is not None
+            return job.progress()
+
+
+def embed_text(chunk: Chunk) -> str:
+    """What the embedder and BM25 see: the title (when it adds anything) before the chunk's text."""
+    title = chunk.title[:120]  # bounded, so title + a full chunk still fit the model's window
+    if title and not chunk.text.startswith(title):
+        return f"{title}\n{chunk.text}"
+    return chunk.text
+
