@@ -226,3 +226,7 @@ def keys_create(
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

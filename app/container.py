@@ -17,6 +17,7 @@ from ingestion.pipeline import IngestPipeline
 from retrieval.embedder import Embedder
 from retrieval.factory import open_store
 from retrieval.search import Retriever
+from retrieval.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,11 @@ class Container:
     def warm_up(self) -> None:
         """Load the model and open the index before the first request, not during it."""
         self.embedder.warm_up()
-        self.store.ensure_collection(self.embedder.dim)
+        try:
+            self.store.ensure_collection(self.embedder.dim)
+        except StoreUnavailable as exc:
+            # Start anyway: /readyz and every query say 503 with the reason until Qdrant answers.
+            log.error("qdrant.unavailable at_start error=%s", exc)
 
     def enqueue(self, job_id: str) -> None:
         try:

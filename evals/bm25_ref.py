@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from rank_bm25 import BM25Okapi
 
@@ -9,15 +11,30 @@ from evals.index import StoredChunk
 from retrieval.bm25 import query_terms
 
 
+class LuceneIdfBM25(BM25Okapi):
+    """rank-bm25's BM25Okapi with Lucene's IDF, ln(1 + (N - n + .5) / (n + .5)), the one Qdrant uses.
+
+    BM25Okapi's own IDF is ln((N - n + .5) / (n + .5)), floored at 0.25 x the mean IDF for terms in more than
+    half the documents; that makes common words ("the", "how") count for less than in Qdrant. Everything else
+    (tf saturation, length normalisation, average length) is rank-bm25's own code.
+    """
+
+    def _calc_idf(self, nd: dict[str, int]) -> None:
+        for word, freq in nd.items():
+            self.idf[word] = math.log(1.0 + (self.corpus_size - freq + 0.5) / (freq + 0.5))
+
+
 class ReferenceBm25:
     """rank-bm25 over stored chunks; the tokens are the index's pre-tokenised BM25 field, split on spaces.
 
     Query terms are deduplicated the way the Retriever sends them to Qdrant, so both score the same bag of terms.
+    `lucene_idf` swaps in Qdrant's IDF (see LuceneIdfBM25).
     """
 
-    def __init__(self, chunks: list[StoredChunk], k1: float = 1.2, b: float = 0.75) -> None:
+    def __init__(self, chunks: list[StoredChunk], k1: float = 1.2, b: float = 0.75, lucene_idf: bool = False) -> None:
         self.chunks = chunks
-        self._bm25 = BM25Okapi([c.bm25_text.split() for c in chunks], k1=k1, b=b)
+        model = LuceneIdfBM25 if lucene_idf else BM25Okapi
+        self._bm25 = model([c.bm25_text.split() for c in chunks], k1=k1, b=b)
 
     def top(self, query: str, limit: int) -> list[tuple[StoredChunk, float]]:
         """The `limit` best chunks with a positive score, best first (ties broken by point id)."""

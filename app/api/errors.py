@@ -26,6 +26,14 @@ def error_body(code: str, message: str, **extra: object) -> dict[str, object]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
+def _field(loc: tuple[object, ...] | list[object]) -> str:
+    """`("body", "top_k")` → `top_k`: the first element only says where the value travelled."""
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in {"body", "query", "path", "header"}:
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -35,10 +43,9 @@ def install(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        field = ".".join(loc) or "body"
+        field = _field(first.get("loc", ()))
         message = f"{field}: {first.get('msg', 'invalid value')}"
-        fields = [{"field": ".".join(str(p) for p in e.get("loc", ())[1:]), "message": e.get("msg")} for e in errors]
+        fields = [{"field": _field(e.get("loc", ())), "message": e.get("msg")} for e in errors]
         return JSONResponse(error_body("invalid_request", message, field=field, fields=fields), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

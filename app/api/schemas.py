@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from retrieval.types import SearchMode
 
@@ -43,6 +43,7 @@ class JobOut(BaseModel):
 
 
 class SearchIn(BaseModel):
+    model_config = ConfigDict(str_strip_whitespace=True)
     query: str = Field(min_length=1, max_length=2000)
     top_k: int = Field(default=10, ge=1, le=100)
     mode: SearchMode = SearchMode.HYBRID
@@ -75,6 +76,7 @@ class SearchOut(BaseModel):
 
 
 class AnswerIn(BaseModel):
+    model_config = ConfigDict(str_strip_whitespace=True)
     question: str = Field(min_length=1, max_length=2000)
     mode: SearchMode = SearchMode.HYBRID
 

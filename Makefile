@@ -1,0 +1,38 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+VENV  := .venv
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PKGS  := app ingestion retrieval agents evals
+
+.PHONY: run test lint typecheck services eval clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	# torch first, from the CPU build on local disk, so nothing pulls a CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)  ## serve on the embedded defaults and ingest the sample corpus
+	$(BIN)/kb serve --sample
+
+services:  ## make sure Redis (broker) and PostgreSQL (SQL tests) answer on loopback
+	bash .ci/services.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(PKGS) tests
+	$(BIN)/ruff format --check $(PKGS) tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy app ingestion retrieval agents
+
+test: $(STAMP) services lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider
+
+eval: $(STAMP)  ## retrieval benchmark on the dev sets
+	$(BIN)/python -m evals retrieval --dataset ../shared/eval/django_faq --out results/django_faq.json
+	$(BIN)/python -m evals retrieval --dataset ../shared/eval/sqlalchemy_faq --out results/sqlalchemy_faq.json
+
+clean:
+	rm -rf data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,139 @@
+"""Shared fixtures: one embedder per session, a sample corpus, real Redis, and `kb serve` processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "docs" / "sample-corpus"
+SHARED_EVAL = REPO.parent / "shared" / "eval"
+REDIS_URL = os.environ.get("KB_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+@pytest.fixture(scope="session")
+def embedder():  # type: ignore[no-untyped-def]
+    from retrieval.embedder import Embedder
+    from retrieval.settings import EmbedderSettings
+
+    e = Embedder(EmbedderSettings())
+    e.warm_up()
+    return e
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A writable copy of the sample corpus (public docs plus one HR-only document)."""
+    dest = tmp_path / "corpus"
+    shutil.copytree(SAMPLE, dest)
+    return dest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_db_url(db: int) -> str:
+    import redis
+
+    client = redis.Redis.from_url(f"{REDIS_URL}/{db}")
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail(f"Redis is not answering at {REDIS_URL}; run `make services`")
+    client.flushdb()
+    return f"{REDIS_URL}/{db}"
+
+
+@dataclass
+class Server:
+    """A real `kb serve` process: API + Celery worker thread + the Edge shard."""
+
+    url: str
+    data_dir: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def admin_key(self) -> str:
+        return (self.data_dir / "admin.key").read_text().strip()
+
+    def client(self, key: str | None = None, **headers: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {key or self.admin_key}", **headers}, timeout=60
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_server(data_dir: Path, broker_url: str, extra_env: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    env = {
+        **os.environ,
+        "KB_DATA_DIR": str(data_dir),
+        "KB_PORT": str(port),
+        "KB_BROKER_URL": broker_url,
+        "KB_BROKER_VISIBILITY_TIMEOUT": "30",
+        "KB_LOG_LEVEL": "INFO",
+        **(extra_env or {}),
+    }
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "server.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve"], cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
+    server = Server(f"http://127.0.0.1:{port}", data_dir, env, proc, log)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"kb serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"kb serve did not become ready:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def kb_server(tmp_path: Path) -> Iterator[Server]:
+    server = start_server(tmp_path / "data", redis_db_url(9))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_job(client: httpx.Client, job_id: str, timeout: float = 180) -> dict[str, object]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job: dict[str, object] = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in {"succeeded", "failed", "cancelled"}:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
