@@ -108,8 +108,10 @@ def _follow(fetch: Any, show: bool = True) -> dict[str, Any]:
             total, done = job["docs_total"] or 0, job["docs_done"] + job["docs_failed"]
             width = 30
             filled = int(width * done / total) if total else 0
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} docs, "
-                             f"{job['chunks_indexed']} chunks, {job['status']}   ")
+            sys.stderr.write(
+                f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} docs, "
+                f"{job['chunks_indexed']} chunks, {job['status']}   "
+            )
             sys.stderr.flush()
         if job["status"] in {"succeeded", "failed", "cancelled"}:
             if show and sys.stderr.isatty():
@@ -158,8 +160,13 @@ def search(
         finally:
             container.close()
         hits = [
-            {"doc_id": h.chunk.doc_id, "path": h.chunk.path, "score": h.score, "text": h.chunk.text,
-             "acl": list(h.chunk.acl)}
+            {
+                "doc_id": h.chunk.doc_id,
+                "path": h.chunk.path,
+                "score": h.score,
+                "text": h.chunk.text,
+                "acl": list(h.chunk.acl),
+            }
             for h in found
         ]
     if as_json:

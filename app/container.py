@@ -7,9 +7,9 @@ import threading
 
 from celery import Celery
 
+from app.db import init_db
 from app.services import AnswerService, SearchService
 from app.settings import Settings
-from app.db import init_db
 from ingestion import catalog
 from ingestion.celery_app import configure_celery, ingest_job, set_pipeline
 from ingestion.models import Source

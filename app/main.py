@@ -40,7 +40,9 @@ def create_app(
         title="kb: grounded answers over your documents",
         version="0.1.0",
         lifespan=lifespan,
-        description="Hybrid, permission-filtered search and cited answers. Authenticate with 'Authorization: Bearer <key>'.",
+        description=(
+            "Hybrid, permission-filtered search and cited answers. Authenticate with 'Authorization: Bearer <key>'."
+        ),
     )
     errors.install(app)
     app.include_router(routes_health.router)

@@ -20,6 +20,4 @@ class ApiKey(Base):
     groups: Mapped[list[str]] = mapped_column(JSON, default=list)
     scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[dt.datetime] = mapped_column(
-        DateTime(timezone=True), default=lambda: dt.datetime.now(dt.UTC)
-    )
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=lambda: dt.datetime.now(dt.UTC))

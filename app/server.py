@@ -45,7 +45,7 @@ def serve(settings: Settings, ingest_sample: bool = False) -> None:
     banner = (
         f"\n  kb is starting on {settings.server_url}  (API docs: {settings.server_url}/docs)\n"
         f"  admin API key: {key}   (also in {settings.admin_key_file})\n"
-        f"  ask:  .venv/bin/kb answer \"How many vacation days do I get?\"\n"
+        f'  ask:  .venv/bin/kb answer "How many vacation days do I get?"\n'
         f"   or:  curl -s {settings.server_url}/v1/answer -H 'Authorization: Bearer {key}' "
         "-H 'Content-Type: application/json' -d '{\"question\": \"How many vacation days do I get?\"}'\n"
     )

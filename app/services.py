@@ -29,7 +29,7 @@ class Answer:
 
 def split_sentences(text: str) -> list[str]:
     """Sentences of a passage: paragraphs are re-joined across hard line wraps; headings are dropped."""
-    sentences = []
+    sentences: list[str] = []
     for paragraph in re.split(r"\n\s*\n", text):
         lines = [ln.strip() for ln in paragraph.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         sentences.extend(p.strip() for p in _SENTENCE_END.split(" ".join(lines)))

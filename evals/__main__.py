@@ -36,7 +36,9 @@ def _retrieval(args: argparse.Namespace) -> int:
 
     results = []
     for path in args.dataset:
-        result = benchmark(load_beir(path), IndexSettings(), args.cache_dir, args.modes, reference=not args.no_reference)
+        result = benchmark(
+            load_beir(path), IndexSettings(), args.cache_dir, args.modes, reference=not args.no_reference
+        )
         print(format_table(result), end="\n\n")
         results.append(result)
     _write(args.out, results[0] if len(results) == 1 else results)

@@ -73,7 +73,10 @@ def _chunks(dataset: BeirDataset, chunker: Chunker) -> Iterator[Chunk]:
 def _write(store: EdgeStore, chunks: list[Chunk], embedder: Embedder) -> None:
     vectors = embedder.embed_documents([c.text for c in chunks])
     store.upsert(
-        [IndexedChunk(chunk=c, vector=[float(x) for x in v], bm25_text=bm25_field_text(c.text)) for c, v in zip(chunks, vectors)]
+        [
+            IndexedChunk(chunk=c, vector=[float(x) for x in v], bm25_text=bm25_field_text(c.text))
+            for c, v in zip(chunks, vectors, strict=True)
+        ]
     )
 
 
@@ -111,7 +114,9 @@ def build_index(
             _write(store, pending, embedder)
             total += len(pending)
             pending = []
-            log.info("eval.index.progress dataset=%s chunks=%d s=%.0f", dataset.name, total, time.perf_counter() - started)
+            log.info(
+                "eval.index.progress dataset=%s chunks=%d s=%.0f", dataset.name, total, time.perf_counter() - started
+            )
     _write(store, pending, embedder)
     total += len(pending)
     store.optimize()

@@ -34,7 +34,11 @@ class ModeRun:
 
     def summary(self, qrels: dict[str, dict[str, int]]) -> dict[str, float]:
         """Metrics by ranx plus latency percentiles, the row a table and the JSON show."""
-        return {**score_run(qrels, self.docs), "p50_ms": percentile_ms(self.seconds, 50), "p95_ms": percentile_ms(self.seconds, 95)}
+        return {
+            **score_run(qrels, self.docs),
+            "p50_ms": percentile_ms(self.seconds, 50),
+            "p95_ms": percentile_ms(self.seconds, 95),
+        }
 
 
 def run_retriever(retriever: Retriever, queries: dict[str, str], mode: SearchMode, limit: int = CHUNK_LIMIT) -> ModeRun:
@@ -113,7 +117,9 @@ def format_table(result: dict[str, Any]) -> str:
     header = f"{result['dataset']} ({result['queries']} queries, {result['docs']} docs, {result['chunks']} chunks)"
     lines = [header, f"{'mode':<10}" + "".join(f"{c:>11}" for c in columns)]
     for mode, row in result["modes"].items():
-        lines.append(f"{mode:<10}" + "".join(f"{row[c]:>11.3f}" if "ms" not in c else f"{row[c]:>11.1f}" for c in columns))
+        lines.append(
+            f"{mode:<10}" + "".join(f"{row[c]:>11.3f}" if "ms" not in c else f"{row[c]:>11.1f}" for c in columns)
+        )
     if "bm25_overlap@10" in result:
         lines.append(
             f"top-10 chunk overlap, Qdrant BM25 vs rank-bm25 BM25Okapi: {result['bm25_overlap@10']:.3f}; "

@@ -43,9 +43,10 @@ class Chunker:
         cursor = 0
         for node in nodes:
             body = node.get_content()
-            start = node.start_char_idx if node.start_char_idx is not None else text.find(body, cursor)
-            start = max(start, 0)
-            end = node.end_char_idx if node.end_char_idx is not None else start + len(body)
+            start_idx: int | None = getattr(node, "start_char_idx", None)
+            end_idx: int | None = getattr(node, "end_char_idx", None)
+            start = max(start_idx if start_idx is not None else text.find(body, cursor), 0)
+            end = end_idx if end_idx is not None else start + len(body)
             spans.append(TextSpan(text=body, start_char=start, end_char=end))
             cursor = start
         return spans

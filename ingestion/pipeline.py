@@ -205,7 +205,9 @@ class IngestPipeline:
 
     def _delete_vanished(self, job_id: str, source_id: str, present: set[str]) -> None:
         with self.sessions() as db:
-            gone = [d for d in db.scalars(select(Document).where(Document.source_id == source_id)) if d.id not in present]
+            gone = [
+                d for d in db.scalars(select(Document).where(Document.source_id == source_id)) if d.id not in present
+            ]
             for doc in gone:
                 self.store.delete_doc(doc.id)
                 db.delete(doc)
@@ -256,4 +258,3 @@ def embed_text(chunk: Chunk) -> str:
     if title and not chunk.text.startswith(title):
         return f"{title}\n{chunk.text}"
     return chunk.text
-

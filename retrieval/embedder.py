@@ -64,7 +64,7 @@ class Embedder:
     @property
     def max_tokens(self) -> int:
         """Word pieces the model reads before truncating (chunks must fit)."""
-        return int(self.model.max_seq_length)
+        return int(self.model.max_seq_length or 512)
 
     def count_tokens(self, text: str) -> int:
         """Word pieces of `text` in the model's own tokenizer (no special tokens)."""

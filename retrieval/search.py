@@ -40,7 +40,9 @@ class Retriever:
             weights=weights,
         )
 
-    def search(self, query: str, principal: Principal, mode: SearchMode = SearchMode.HYBRID, limit: int = 10) -> list[Hit]:
+    def search(
+        self, query: str, principal: Principal, mode: SearchMode = SearchMode.HYBRID, limit: int = 10
+    ) -> list[Hit]:
         """Top `limit` chunks the principal may read, best first."""
         started = time.perf_counter()
         request = self.build_query(query, principal, mode, limit)

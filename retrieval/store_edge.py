@@ -81,7 +81,9 @@ class EdgeStore:
         self.shard.update(qe.UpdateOperation.upsert_points(ops))
 
     def delete_doc(self, doc_id: str, keep_hash: str | None = None) -> None:
-        must_not = [qe.FieldCondition(key="content_hash", match=qe.MatchValue(keep_hash))] if keep_hash else None
+        must_not: list[qe.ConditionType] | None = (
+            [qe.FieldCondition(key="content_hash", match=qe.MatchValue(keep_hash))] if keep_hash else None
+        )
         flt = qe.Filter(must=[qe.FieldCondition(key="doc_id", match=qe.MatchValue(doc_id))], must_not=must_not)
         self.shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
 
@@ -104,7 +106,7 @@ class EdgeStore:
                 limit=request.limit,
                 with_payload=True,
                 filter=acl,
-                query=qe.Fusion.Rrf(k=request.rrf_k, weights=list(request.weights)),
+                query=qe.Fusion.Rrf(k=request.rrf_k, weights=list(request.weights)),  # type: ignore[arg-type]
                 prefetches=[
                     qe.Prefetch(limit=request.dense_prefetch, query=dense, filter=acl),
                     qe.Prefetch(limit=request.bm25_prefetch, query=bm25, filter=acl),

@@ -33,7 +33,9 @@ class QdrantServerStore:
                 return
             self.client.create_collection(
                 self.collection,
-                vectors_config={self.settings.dense_vector: models.VectorParams(size=dim, distance=models.Distance.COSINE)},
+                vectors_config={
+                    self.settings.dense_vector: models.VectorParams(size=dim, distance=models.Distance.COSINE)
+                },
             )
             for name in _KEYWORD_FIELDS:
                 self.client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
@@ -73,7 +75,9 @@ class QdrantServerStore:
         self.client.set_payload(self.collection, {"acl": acl}, points=flt, wait=True)
 
     def query(self, request: StoreQuery) -> list[StoredPoint]:
-        acl = models.Filter(must=[models.FieldCondition(key="acl", match=models.MatchAny(any=list(request.acl_groups)))])
+        acl = models.Filter(
+            must=[models.FieldCondition(key="acl", match=models.MatchAny(any=list(request.acl_groups)))]
+        )
         bm25 = models.TextQuery(
             text=models.TextQueryInput(
                 query=request.text,
@@ -83,25 +87,40 @@ class QdrantServerStore:
         try:
             if request.mode == SearchMode.DENSE:
                 resp = self.client.query_points(
-                    self.collection, query=request.dense, using=self.settings.dense_vector,
-                    query_filter=acl, limit=request.limit, with_payload=True,
+                    self.collection,
+                    query=request.dense,
+                    using=self.settings.dense_vector,
+                    query_filter=acl,
+                    limit=request.limit,
+                    with_payload=True,
                 )
             elif request.mode == SearchMode.BM25:
                 resp = self.client.query_points(
-                    self.collection, query=bm25, using=self.settings.text_field,
-                    query_filter=acl, limit=request.limit, with_payload=True,
+                    self.collection,
+                    query=bm25,
+                    using=self.settings.text_field,
+                    query_filter=acl,
+                    limit=request.limit,
+                    with_payload=True,
                 )
             else:
                 resp = self.client.query_points(
                     self.collection,
                     prefetch=[
-                        models.Prefetch(query=request.dense, using=self.settings.dense_vector,
-                                        filter=acl, limit=request.dense_prefetch),
-                        models.Prefetch(query=bm25, using=self.settings.text_field,
-                                        filter=acl, limit=request.bm25_prefetch),
+                        models.Prefetch(
+                            query=request.dense,
+                            using=self.settings.dense_vector,
+                            filter=acl,
+                            limit=request.dense_prefetch,
+                        ),
+                        models.Prefetch(
+                            query=bm25, using=self.settings.text_field, filter=acl, limit=request.bm25_prefetch
+                        ),
                     ],
                     query=models.RrfQuery(rrf=models.Rrf(k=request.rrf_k, weights=list(request.weights))),
-                    query_filter=acl, limit=request.limit, with_payload=True,
+                    query_filter=acl,
+                    limit=request.limit,
+                    with_payload=True,
                 )
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"Qdrant server query failed: {exc}") from exc

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 PUBLIC_GROUP = "public"
 
 
-class SearchMode(str, Enum):
+class SearchMode(StrEnum):
     """How a query is scored: lexical, semantic, or both fused in one engine query."""
 
     BM25 = "bm25"

@@ -31,8 +31,12 @@ def get_principal(
     if authorization and authorization.lower().startswith("bearer "):
         key = authorization[7:].strip()
     if not key:
-        raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>' (kb keys create)",
-                       {"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing API key: send 'Authorization: Bearer <key>' (kb keys create)",
+            {"WWW-Authenticate": "Bearer"},
+        )
     with container.sessions() as db:
         principal = resolve_key(db, key)
     if principal is None:

@@ -43,4 +43,6 @@ async def readyz(container: ContainerDep) -> JSONResponse:
 
     await run_in_threadpool(check_all)
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503
+    )

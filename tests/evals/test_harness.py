@@ -12,11 +12,12 @@ from retrieval.embedder import Embedder
 from retrieval.settings import IndexSettings
 
 LONG_TAIL = " ".join(
-    f"Section {i} of the handbook covers office plants, printer queues and the weekly rota in some detail." for i in range(40)
+    f"Section {i} of the handbook covers office plants, printer queues and the weekly rota in some detail."
+    for i in range(40)
 )
 DOCS = {
     "d0": "Volcanoes erupt when magma from the Earth's mantle rises through the crust and escapes as lava and ash.",
-    "d1": "To reset your VPN password, open the self-service portal, choose 'Forgot password' and follow the e-mail link.",
+    "d1": "To reset your VPN password, open the self-service portal, choose 'Forgot password', follow the link.",
     "d2": "The cafeteria serves lunch from noon until two o'clock; vegetarian dishes are marked with a green leaf.",
     "d3": "Photosynthesis lets plants turn sunlight, water and carbon dioxide into glucose and oxygen.",
     "d4": "Expense reports must be filed within thirty days, with scanned receipts attached for every item.",
@@ -54,8 +55,17 @@ def test_benchmark_writes_every_mode_and_finds_obvious_answers(tmp_path: Path) -
     out = tmp_path / "results.json"
 
     code = main(
-        ["retrieval", "--dataset", str(dataset), "--modes", "bm25,dense,hybrid", "--out", str(out),
-         "--cache-dir", str(tmp_path / "cache")]
+        [
+            "retrieval",
+            "--dataset",
+            str(dataset),
+            "--modes",
+            "bm25,dense,hybrid",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
     )
 
     assert code == 0

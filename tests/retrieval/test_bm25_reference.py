@@ -16,7 +16,6 @@ import pytest
 from rank_bm25 import BM25Okapi
 
 from evals.bm25_ref import LuceneIdfBM25
-
 from retrieval.bm25 import bm25_field_text, query_terms
 from retrieval.embedder import Embedder
 from retrieval.search import Retriever
@@ -50,7 +49,9 @@ def django_docs() -> tuple[list[dict[str, str]], list[str]]:
     return docs, queries
 
 
-def test_qdrant_bm25_top10_matches_rank_bm25(tmp_path: Path, django_docs: tuple[list[dict[str, str]], list[str]]) -> None:
+def test_qdrant_bm25_top10_matches_rank_bm25(
+    tmp_path: Path, django_docs: tuple[list[dict[str, str]], list[str]]
+) -> None:
     docs, queries = django_docs
     settings = IndexSettings()
     store = EdgeStore(settings, path=tmp_path / "shard")

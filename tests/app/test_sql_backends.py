@@ -1,0 +1,64 @@
+"""State in SQL works the same on SQLite (default) and PostgreSQL (deployment)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.auth import create_key, resolve_key
+from app.db import init_db
+from ingestion import catalog
+from ingestion.models import Document
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    if request.param == "sqlite":
+        yield init_db(f"sqlite:///{tmp_path / 'kb.sqlite'}")
+        return
+    name = f"kb_test_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc}); run `make services`")
+    made = init_db(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+    try:
+        yield made
+    finally:
+        made.kw["bind"].dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+def test_keys_sources_jobs_and_documents_round_trip(sessions: sessionmaker[Session]) -> None:
+    with sessions() as db:
+        new = create_key(db, "hr-bot", ["hr", "public"])
+        assert resolve_key(db, new.key) is not None
+        assert resolve_key(db, new.key + "x") is None
+        principal = resolve_key(db, new.key)
+        assert principal is not None and principal.groups == ("hr", "public") and principal.scopes == ("read",)
+        source = catalog.create_source(db, "handbook", "/srv/handbook", ["hr", "eng", "hr"])
+        assert source.acl == ["eng", "hr"]
+        with pytest.raises(catalog.Conflict):
+            catalog.create_source(db, "handbook", "/srv/other", ["eng"])
+    with sessions() as db:
+        job = catalog.open_job(db, "handbook")
+        db.add(Document(id="handbook:a.md", source_id="handbook", path="/srv/handbook/a.md", acl=["hr"]))
+        db.commit()
+        assert catalog.unfinished_jobs(db) == [job.id]
+        with pytest.raises(catalog.CatalogError) as bad:
+            catalog.update_source(db, "handbook", acl=["bad group!"])
+        assert bad.value.field == "acl"
+    with sessions() as db:
+        assert db.get(Document, "handbook:a.md").acl == ["hr"]  # type: ignore[union-attr]
+        assert catalog.get_job(db, job.id).progress()["status"] == "queued"
