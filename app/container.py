@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 
@@ -12,7 +13,7 @@ from app.services import AnswerService, SearchService
 from app.settings import Settings
 from ingestion import catalog
 from ingestion.celery_app import configure_celery, ingest_job, set_pipeline
-from ingestion.models import Source
+from ingestion.models import Source, utcnow
 from ingestion.pipeline import IngestPipeline
 from retrieval.embedder import Embedder
 from retrieval.factory import open_store
@@ -43,6 +44,7 @@ class Container:
         )
         self.celery: Celery = configure_celery(settings.broker)
         self._worker: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def warm_up(self) -> None:
         """Load the model and open the index before the first request, not during it."""
@@ -88,15 +90,34 @@ class Container:
         self._worker = threading.Thread(target=run, name="celery-worker", daemon=True)
         self._worker.start()
         log.info("worker.started broker=%s", self.settings.broker_url or "filesystem")
-        if not self.settings.broker_url:
-            self._resume_unfinished()
+        self._watchdog = threading.Thread(target=self._watch_jobs, name="job-watchdog", daemon=True)
+        self._watchdog.start()
 
-    def _resume_unfinished(self) -> None:
-        # The filesystem broker forgets a task whose worker died; SQL remembers the job, so requeue it.
+    def requeue_stale_jobs(self) -> list[str]:
+        """Re-queue unfinished jobs that show no progress for longer than the broker would take to redeliver.
+
+        Covers what a broker cannot: the filesystem broker never redelivers a task whose worker died, and a
+        Redis that restarts without persistence forgets queued and unacked tasks. Jobs are idempotent, so a
+        duplicate delivery costs nothing.
+        """
+        cutoff = utcnow() - dt.timedelta(seconds=self.settings.job_stale_seconds)
         with self.sessions() as db:
-            for job_id in catalog.unfinished_jobs(db):
-                log.info("job.resume job=%s", job_id)
+            stale = [j for j in catalog.stale_jobs(db, cutoff) if not self.pipeline.is_running(j)]
+        for job_id in stale:
+            log.warning("job.requeue job=%s reason=no_progress_for_%ss", job_id, self.settings.job_stale_seconds)
+            try:
                 self.enqueue(job_id)
+                self.pipeline.touch(job_id)
+            except BrokerUnavailable as exc:
+                log.error("job.requeue_failed job=%s error=%s", job_id, exc)
+        return stale
+
+    def _watch_jobs(self) -> None:
+        while not self._stopping.wait(self.settings.job_watchdog_seconds):
+            try:
+                self.requeue_stale_jobs()
+            except Exception:  # keep watching: a failed sweep must not end recovery for good
+                log.exception("job.watchdog_failed")
 
     def ingest_sample(self) -> str | None:
         """Index the sample corpus that ships with the project (make run), once."""
@@ -114,6 +135,7 @@ class Container:
             return
         from celery.worker import state
 
+        self._stopping.set()
         state.should_stop = 0  # warm shutdown: running tasks finish first
         self._worker.join(120)
         self._worker = None

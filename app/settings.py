@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     broker_url: str = ""  # default: embedded filesystem broker (no server)
     broker_visibility_timeout: int = 3600
     worker_concurrency: int = 2
+    job_stale_seconds: int = 120  # an unfinished job with no progress this long is re-queued
+    job_watchdog_seconds: float = 10.0
     run_worker: bool | None = None  # default: yes when the index is embedded
     qdrant_url: str = ""
     qdrant_api_key: str = ""

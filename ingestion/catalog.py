@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ingestion.models import Job, JobFailure, Source
+from ingestion.models import Document, Job, JobFailure, Source
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _GROUP = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
@@ -96,5 +97,20 @@ def job_failures(db: Session, job_id: str) -> list[dict[str, str]]:
     return [{"path": r.path, "reason": r.reason} for r in rows]
 
 
-def unfinished_jobs(db: Session) -> list[str]:
-    return list(db.scalars(select(Job.id).where(Job.status.in_(["queued", "running"])).order_by(Job.created_at)))
+def stale_jobs(db: Session, older_than: dt.datetime) -> list[str]:
+    """Unfinished jobs with no sign of life since `older_than`: their task was lost with a worker or broker."""
+    last_seen = func.coalesce(Job.heartbeat_at, Job.created_at)
+    rows = db.scalars(
+        select(Job.id).where(Job.status.in_(["queued", "running"]), last_seen < older_than).order_by(Job.created_at)
+    )
+    return list(rows)
+
+
+def expected_chunks(db: Session) -> dict[str, int]:
+    """Indexed documents and the chunks they should have in the engine."""
+    docs, chunks = db.execute(
+        select(func.count(Document.id), func.coalesce(func.sum(Document.chunk_count), 0)).where(
+            Document.status == "indexed"
+        )
+    ).one()
+    return {"documents": int(docs), "chunks_expected": int(chunks)}

@@ -85,6 +85,10 @@ class IngestPipeline:
         s = self.settings
         return f"v1|{s.embedder.resolved_model()}|{s.chunk_tokens}|{s.chunk_overlap}"
 
+    def is_running(self, job_id: str) -> bool:
+        with self._guard:
+            return job_id in self._running
+
     def run_job(self, job_id: str) -> dict[str, object]:
         """Run (or resume) a job to the end; a job already finished is left as it is."""
         with self._guard:
@@ -232,6 +236,7 @@ class IngestPipeline:
             assert job is not None
             for name, delta in deltas.items():
                 setattr(job, name, getattr(job, name) + delta)
+            job.heartbeat_at = utcnow()
             db.commit()
 
     def _update(self, job_id: str, **values: object) -> None:
@@ -240,7 +245,12 @@ class IngestPipeline:
             assert job is not None
             for name, value in values.items():
                 setattr(job, name, value)
+            job.heartbeat_at = utcnow()
             db.commit()
+
+    def touch(self, job_id: str) -> None:
+        """Record a sign of life (a re-queue counts), so the watchdog waits a full period before the next."""
+        self._update(job_id)
 
     def _finish(self, job_id: str, status: str, error: str = "") -> None:
         self._update(job_id, status=status, error=error, finished_at=utcnow())

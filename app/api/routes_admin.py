@@ -49,3 +49,11 @@ def get_job(job_id: str, _: AdminDep, container: ContainerDep) -> JobOut:
     with container.sessions() as db:
         job = catalog.get_job(db, job_id)
         return JobOut(**job.progress(), failures=catalog.job_failures(db, job_id))
+
+
+@router.get("/index")
+def index_stats(_: AdminDep, container: ContainerDep) -> dict[str, object]:
+    """What the engine holds against what SQL expects: equal counts mean no lost and no duplicate chunk."""
+    with container.sessions() as db:
+        expected = catalog.expected_chunks(db)
+    return {"backend": container.settings.index.backend, "points": container.store.count(), **expected}

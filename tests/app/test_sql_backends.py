@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,7 +56,9 @@ def test_keys_sources_jobs_and_documents_round_trip(sessions: sessionmaker[Sessi
         job = catalog.open_job(db, "handbook")
         db.add(Document(id="handbook:a.md", source_id="handbook", path="/srv/handbook/a.md", acl=["hr"]))
         db.commit()
-        assert catalog.unfinished_jobs(db) == [job.id]
+        future = job.created_at + dt.timedelta(seconds=1)
+        assert catalog.stale_jobs(db, future) == [job.id]
+        assert catalog.stale_jobs(db, job.created_at - dt.timedelta(seconds=1)) == []
         with pytest.raises(catalog.CatalogError) as bad:
             catalog.update_source(db, "handbook", acl=["bad group!"])
         assert bad.value.field == "acl"
