@@ -47,11 +47,11 @@ def _retrieval(args: argparse.Namespace) -> int:
 
 def _fusion(args: argparse.Namespace) -> int:
     from evals.beir import load_beir
-    from evals.fusion_sweep import format_sweep, sweep
+    from evals.fusion_sweep import format_sweep, sweep, worst_case
 
     results = [sweep(load_beir(path), IndexSettings(), args.cache_dir) for path in args.dataset]
     print(format_sweep(results))
-    _write(args.out, results)
+    _write(args.out, {"datasets": results, "worst_case": worst_case(results) if len(results) > 1 else []})
     return 0
 
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     retrieval.add_argument("--no-reference", action="store_true", help="skip the rank-bm25 reference row")
     retrieval.set_defaults(func=_retrieval)
 
-    fusion = sub.add_parser("fusion", help="hybrid quality over RRF k x BM25 weight, DBSF and the adaptive rule")
+    fusion = sub.add_parser("fusion", help="hybrid quality over RRF k x BM25 weight, the adaptive rule and DBSF")
     fusion.add_argument("--dataset", type=Path, action="append", required=True, help="BEIR folder (repeatable)")
     fusion.add_argument("--out", type=Path, help="write the curve as JSON here")
     fusion.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where indexed shards are kept")

@@ -51,6 +51,11 @@ def index_key(dataset: BeirDataset, settings: IndexSettings) -> str:
         settings.dense_vector,
         settings.text_field,
     ]
+    # Other embedding backends give (slightly) different vectors; the torch default adds nothing, so
+    # existing caches keep their keys.
+    backend = str(getattr(settings.embedder, "backend", "torch"))
+    if backend != "torch":
+        parts += [backend, str(getattr(settings.embedder, "onnx_int8", False))]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
 
