@@ -16,9 +16,9 @@ from ingestion.celery_app import configure_celery, ingest_job, set_pipeline
 from ingestion.models import Source, utcnow
 from ingestion.pipeline import IngestPipeline
 from retrieval.embedder import Embedder
-from retrieval.factory import open_store
 from retrieval.search import Retriever
 from retrieval.store import StoreUnavailable
+from retrieval.versions import LiveStore, open_versions
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Container:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.sessions = init_db(settings.sql_url)
-        self.store = open_store(settings.index)
+        self.store = LiveStore(open_versions(settings.index), grace_seconds=settings.reindex_grace_seconds)
         self.embedder = Embedder(settings.index.embedder)
         self.retriever = Retriever(self.store, self.embedder, settings.index)
         self.search = SearchService(self.retriever)

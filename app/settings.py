@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = 2
     job_stale_seconds: int = 120  # an unfinished job with no progress this long is re-queued
     job_watchdog_seconds: float = 10.0
+    reindex_grace_seconds: float = 30.0  # a replaced index version is dropped this long after the switch
     run_worker: bool | None = None  # default: yes when the index is embedded
     qdrant_url: str = ""
     qdrant_api_key: str = ""

@@ -78,11 +78,53 @@ def list_sources(db: Session) -> list[Source]:
 
 
 def open_job(db: Session, source_id: str) -> Job:
+    """An incremental re-index of one source."""
     get_source(db, source_id)
-    job = Job(id=uuid.uuid4().hex, source_id=source_id, status="queued")
+    job = Job(id=uuid.uuid4().hex, source_id=source_id, kind="incremental", status="queued")
     db.add(job)
     db.commit()
     return job
+
+
+def open_rebuild(db: Session) -> Job:
+    """A full re-index of every source into a new index version, switched in when complete."""
+    job = Job(id=uuid.uuid4().hex, source_id=None, kind="rebuild", status="queued")
+    db.add(job)
+    db.commit()
+    return job
+
+
+def open_retry(db: Session, job_id: str) -> Job:
+    """A job that retries only the documents an earlier job failed on."""
+    previous = get_job(db, job_id)
+    if previous.status not in {"succeeded", "failed", "cancelled"}:
+        raise Conflict(f"job {job_id} is still {previous.status}; retry it when it has ended")
+    paths = [f["path"] for f in job_failures(db, job_id)]
+    if not paths:
+        raise Conflict(f"job {job_id} has no failed documents to retry")
+    if previous.source_id is None:
+        raise Conflict("a rebuild cannot be retried document by document; start a new rebuild")
+    job = Job(id=uuid.uuid4().hex, source_id=previous.source_id, kind="retry", only_paths=paths, status="queued")
+    db.add(job)
+    db.commit()
+    return job
+
+
+def cancel_job(db: Session, job_id: str) -> Job:
+    """Ask a job to stop: it ends `cancelled` between two documents (what it indexed stays consistent)."""
+    job = get_job(db, job_id)
+    if job.status in {"succeeded", "failed", "cancelled"}:
+        raise Conflict(f"job {job_id} already ended ({job.status})")
+    job.status = "cancelling"
+    db.commit()
+    return job
+
+
+def delete_source(db: Session, name: str) -> None:
+    source = get_source(db, name)
+    db.query(Job).filter(Job.source_id == name).delete()
+    db.delete(source)
+    db.commit()
 
 
 def get_job(db: Session, job_id: str) -> Job:
@@ -101,7 +143,9 @@ def stale_jobs(db: Session, older_than: dt.datetime) -> list[str]:
     """Unfinished jobs with no sign of life since `older_than`: their task was lost with a worker or broker."""
     last_seen = func.coalesce(Job.heartbeat_at, Job.created_at)
     rows = db.scalars(
-        select(Job.id).where(Job.status.in_(["queued", "running"]), last_seen < older_than).order_by(Job.created_at)
+        select(Job.id)
+        .where(Job.status.in_(["queued", "running", "cancelling"]), last_seen < older_than)
+        .order_by(Job.created_at)
     )
     return list(rows)
 

@@ -13,6 +13,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def aware(value: dt.datetime) -> dt.datetime:
+    """SQLite hands datetimes back without a zone; every time here is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -49,7 +54,9 @@ class Job(Base):
 
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    source_id: Mapped[str] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"), index=True)
+    source_id: Mapped[str | None] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="incremental")  # incremental | retry | rebuild
+    only_paths: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # retry: just these files
     status: Mapped[str] = mapped_column(String(16), default="queued")
     docs_total: Mapped[int] = mapped_column(Integer, default=0)
     docs_done: Mapped[int] = mapped_column(Integer, default=0)
@@ -66,10 +73,20 @@ class Job(Base):
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     def progress(self) -> dict[str, Any]:
+        processed = self.docs_done + self.docs_failed
+        end = aware(self.finished_at) if self.finished_at else utcnow()
+        elapsed = (end - aware(self.started_at)).total_seconds() if self.started_at else 0.0
+        rate = processed / elapsed if elapsed > 0 else 0.0
+        remaining = max(self.docs_total - processed, 0)
+        eta = remaining / rate if rate > 0 and self.status == "running" else None
         return {
             "id": self.id,
-            "source": self.source_id,
+            "source": self.source_id or "",
+            "kind": self.kind,
             "status": self.status,
+            "docs_per_second": round(rate, 2),
+            "chunks_per_second": round(self.chunks_indexed / elapsed, 2) if elapsed > 0 else 0.0,
+            "eta_seconds": round(eta, 1) if eta is not None else None,
             "docs_total": self.docs_total,
             "docs_done": self.docs_done,
             "docs_failed": self.docs_failed,

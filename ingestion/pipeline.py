@@ -17,14 +17,33 @@ from ingestion.sources import DirectorySource, SourceError, SourceFile, file_has
 from retrieval.bm25 import bm25_field_text
 from retrieval.embedder import Embedder
 from retrieval.settings import IndexSettings
-from retrieval.store import IndexedChunk, Store
-from retrieval.types import PUBLIC_GROUP, Chunk
+from retrieval.store import IndexedChunk, Store, StoreQuery
+from retrieval.types import PUBLIC_GROUP, Chunk, SearchMode
+from retrieval.versions import LiveStore
 
 log = logging.getLogger(__name__)
 
 
 class JobNotFound(Exception):
     pass
+
+
+class JobCancelled(Exception):
+    """An operator cancelled the job; it stops between documents."""
+
+
+class RebuildCheckFailed(Exception):
+    """The new index version did not pass its checks; the live version stays."""
+
+
+@dataclass
+class _Run:
+    """One job's execution: where it writes, what it may skip, and (for a rebuild) the rows it will commit."""
+
+    job_id: str
+    store: Store
+    force: bool = False  # rebuild: embed everything into the new version, trust no hash
+    staged: dict[str, Document] | None = None  # rebuild: documents table rows, written at the switch
 
 
 @dataclass
@@ -57,7 +76,7 @@ class IngestPipeline:
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        store: Store,
+        store: LiveStore,
         embedder: Embedder,
         settings: IndexSettings,
         max_file_bytes: int = 50_000_000,
@@ -72,6 +91,8 @@ class IngestPipeline:
         self._chunker: Chunker | None = None
         self._running: set[str] = set()
         self._guard = threading.Lock()
+        # One writer at a time per index: a rebuild must not race an incremental job on the live version.
+        self._write_lock = threading.Lock()
 
     @property
     def chunker(self) -> Chunker:
@@ -97,7 +118,8 @@ class IngestPipeline:
                 return {"id": job_id, "status": "running"}
             self._running.add(job_id)
         try:
-            return self._run(job_id)
+            with self._write_lock:
+                return self._run(job_id)
         finally:
             with self._guard:
                 self._running.discard(job_id)
@@ -109,39 +131,109 @@ class IngestPipeline:
                 raise JobNotFound(f"job {job_id} does not exist")
             if job.status in {"succeeded", "failed", "cancelled"}:
                 return job.progress()
-            source = db.get(Source, job.source_id)
-            assert source is not None
+            if job.status == "cancelling":
+                job.status, job.finished_at = "cancelled", utcnow()
+                db.commit()
+                return job.progress()
             job.status, job.started_at, job.attempts = "running", utcnow(), job.attempts + 1
-            job.docs_done = job.docs_failed = job.docs_skipped = job.docs_deleted = 0
+            job.docs_total = job.docs_done = job.docs_failed = job.docs_skipped = job.docs_deleted = 0
             job.chunks_indexed = job.chunks_embedded = 0
             db.query(JobFailure).filter(JobFailure.job_id == job_id).delete()
             db.commit()
-            source_id, source_acl, location = source.id, list(source.acl), source.location
+            kind, source_id, only = job.kind, job.source_id, job.only_paths
         started = time.perf_counter()
         try:
-            files = DirectorySource(location).files()
-        except SourceError as exc:
+            if kind == "rebuild":
+                self._rebuild(job_id)
+            else:
+                assert source_id is not None
+                run = _Run(job_id, self.store)
+                self.store.ensure_collection(self.embedder.dim)
+                self._ingest_source(run, source_id, only_paths=only)
+                self.store.optimize()
+        except JobCancelled:
+            self._finish(job_id, "cancelled", "cancelled by an operator")
+        except (SourceError, RebuildCheckFailed) as exc:
             self._finish(job_id, "failed", str(exc))
-            return self._progress(job_id)
-        self._update(job_id, docs_total=len(files))
-        self.store.ensure_collection(self.embedder.dim)
+        else:
+            self._finish(job_id, "succeeded")
+        result = self._progress(job_id)
+        log.info(
+            "job.end job=%s kind=%s seconds=%.1f status=%s",
+            job_id,
+            kind,
+            time.perf_counter() - started,
+            result["status"],
+        )
+        return result
+
+    def _ingest_source(self, run: _Run, source_id: str, only_paths: list[str] | None = None) -> None:
+        with self.sessions() as db:
+            source = db.get(Source, source_id)
+            if source is None:
+                raise SourceError(f"source {source_id!r} was deleted")
+            source_acl, location = list(source.acl), source.location
+        files = DirectorySource(location).files()
+        if only_paths is not None:
+            files = [f for f in files if f.relpath in set(only_paths)]
+        self._bump(run.job_id, docs_total=len(files))
         pending: list[_Pending] = []
         for file in files:
-            item = self._prepare(job_id, source_id, source_acl, file)
+            self._check_cancelled(run.job_id)
+            item = self._prepare(run, source_id, source_acl, file)
             if item is not None:
                 pending.append(item)
             if sum(len(p.chunks) for p in pending) >= self.batch_chunks:
-                self._flush(job_id, source_id, pending)
+                self._flush(run, source_id, pending)
                 pending = []
-        self._flush(job_id, source_id, pending)
-        self._delete_vanished(job_id, source_id, {f"{source_id}:{f.relpath}" for f in files})
-        self.store.optimize()
-        self._finish(job_id, "succeeded")
-        result = self._progress(job_id)
-        log.info("job.done job=%s source=%s seconds=%.1f %s", job_id, source_id, time.perf_counter() - started, result)
-        return result
+        self._flush(run, source_id, pending)
+        if only_paths is None and run.staged is None:
+            self._delete_vanished(run.job_id, source_id, {f"{source_id}:{f.relpath}" for f in files})
 
-    def _prepare(self, job_id: str, source_id: str, source_acl: list[str], file: SourceFile) -> _Pending | None:
+    def _rebuild(self, job_id: str) -> None:
+        """Full re-index into a new version beside the live one; check it, then switch atomically."""
+        version, target = self.store.begin_rebuild()
+        target.ensure_collection(self.embedder.dim)
+        run = _Run(job_id, target, force=True, staged={})
+        log.info("rebuild.start job=%s version=%d", job_id, version)
+        try:
+            with self.sessions() as db:
+                source_ids = [s.id for s in db.scalars(select(Source).order_by(Source.id))]
+            for source_id in source_ids:
+                self._ingest_source(run, source_id)
+            target.optimize()
+            self._check_rebuild(run)
+        except BaseException:
+            self.store.abandon(version, target)
+            raise
+        with self.sessions() as db:
+            # The switch: SQL rows and the live pointer change together, queries keep a complete index.
+            db.query(Document).delete()
+            for row in (run.staged or {}).values():
+                db.add(row)
+            self.store.promote(version, target)
+            db.commit()
+
+    def _check_rebuild(self, run: _Run) -> None:
+        staged = run.staged or {}
+        expected = sum(d.chunk_count for d in staged.values() if d.status == "indexed")
+        count = run.store.count()
+        if count != expected:
+            raise RebuildCheckFailed(f"new index holds {count} chunks, expected {expected}; live index kept")
+        if expected:
+            probe = next(d for d in staged.values() if d.status == "indexed")
+            vector = self.embedder.embed_query(probe.title or probe.path)
+            request = StoreQuery(mode=SearchMode.DENSE, acl_groups=list(probe.acl), limit=1, dense=vector)
+            if not run.store.query(request):
+                raise RebuildCheckFailed("smoke query on the new index returned nothing; live index kept")
+
+    def _check_cancelled(self, job_id: str) -> None:
+        with self.sessions() as db:
+            job = db.get(Job, job_id)
+            if job is not None and job.status == "cancelling":
+                raise JobCancelled(job_id)
+
+    def _prepare(self, run: _Run, source_id: str, source_acl: list[str], file: SourceFile) -> _Pending | None:
         """Load one file; return it for embedding, or None when it was skipped, ACL-updated or failed."""
         doc_id = f"{source_id}:{file.relpath}"
         try:
@@ -151,20 +243,21 @@ class IngestPipeline:
             acl = effective_acl(source_acl, [narrowed] if isinstance(narrowed, str) else narrowed)
         except (LoadError, OSError) as exc:
             reason = exc.reason if isinstance(exc, LoadError) else f"cannot read file: {exc}"
-            self._fail_doc(job_id, source_id, doc_id, file, reason)
+            self._fail_doc(run, source_id, doc_id, file, reason)
             return None
-        with self.sessions() as db:
-            row = db.get(Document, doc_id)
-            if row is not None and row.status == "indexed" and row.content_hash == content_hash:
-                if sorted(row.acl) != acl:
-                    self.store.set_acl(doc_id, acl)  # ACL-only change: new payload, no embedding
-                    row.acl = acl
-                    db.commit()
-                self._bump(job_id, docs_done=1, docs_skipped=1)
-                return None
+        if not run.force:
+            with self.sessions() as db:
+                row = db.get(Document, doc_id)
+                if row is not None and row.status == "indexed" and row.content_hash == content_hash:
+                    if sorted(row.acl) != acl:
+                        run.store.set_acl(doc_id, acl)  # ACL-only change: new payload, no embedding
+                        row.acl = acl
+                        db.commit()
+                    self._bump(run.job_id, docs_done=1, docs_skipped=1)
+                    return None
         spans = self.chunker.split(loaded.text)
         if not spans:
-            self._fail_doc(job_id, source_id, doc_id, file, "document has no text to index")
+            self._fail_doc(run, source_id, doc_id, file, "document has no text to index")
             return None
         item = _Pending(file, doc_id, content_hash, loaded.title, acl)
         for ordinal, span in enumerate(spans):
@@ -184,7 +277,7 @@ class IngestPipeline:
             )
         return item
 
-    def _flush(self, job_id: str, source_id: str, pending: list[_Pending]) -> None:
+    def _flush(self, run: _Run, source_id: str, pending: list[_Pending]) -> None:
         """Embed every pending chunk in one batch, upsert, then retire the documents' older versions."""
         if not pending:
             return
@@ -195,17 +288,22 @@ class IngestPipeline:
             IndexedChunk(chunk=c, vector=[float(x) for x in v], bm25_text=bm25_field_text(t))
             for c, t, v in zip(chunks, texts, vectors, strict=True)
         ]
-        self.store.upsert(points)
+        run.store.upsert(points)
         with self.sessions() as db:
             for p in pending:
-                # New version first, then drop the old: a query never finds neither.
-                self.store.delete_doc(p.doc_id, keep_hash=p.content_hash)
-                row = db.get(Document, p.doc_id) or Document(id=p.doc_id, source_id=source_id)
+                row = Document(id=p.doc_id, source_id=source_id)
+                if run.staged is None:
+                    # New version first, then drop the old: a query never finds neither.
+                    run.store.delete_doc(p.doc_id, keep_hash=p.content_hash)
+                    row = db.get(Document, p.doc_id) or row
                 row.path, row.title, row.content_hash, row.acl = str(p.file.path), p.title, p.content_hash, p.acl
                 row.chunk_count, row.status, row.error = len(p.chunks), "indexed", ""
-                db.merge(row)
+                if run.staged is None:
+                    db.merge(row)
+                else:
+                    run.staged[p.doc_id] = row
             db.commit()
-        self._bump(job_id, docs_done=len(pending), chunks_indexed=len(chunks), chunks_embedded=len(chunks))
+        self._bump(run.job_id, docs_done=len(pending), chunks_indexed=len(chunks), chunks_embedded=len(chunks))
 
     def _delete_vanished(self, job_id: str, source_id: str, present: set[str]) -> None:
         with self.sessions() as db:
@@ -219,16 +317,32 @@ class IngestPipeline:
         if gone:
             self._bump(job_id, docs_deleted=len(gone))
 
-    def _fail_doc(self, job_id: str, source_id: str, doc_id: str, file: SourceFile, reason: str) -> None:
-        log.warning("doc.failed job=%s path=%s reason=%s", job_id, file.relpath, reason)
-        self.store.delete_doc(doc_id)
-        with self.sessions() as db:
-            row = db.get(Document, doc_id) or Document(id=doc_id, source_id=source_id)
-            row.path, row.status, row.error, row.content_hash, row.chunk_count = str(file.path), "failed", reason, "", 0
-            db.merge(row)
-            db.add(JobFailure(job_id=job_id, path=file.relpath, reason=reason))
+    def delete_source_chunks(self, source_id: str) -> int:
+        """Remove every chunk of a source from the live index (the source is being deleted)."""
+        with self._write_lock, self.sessions() as db:
+            docs = list(db.scalars(select(Document).where(Document.source_id == source_id)))
+            for doc in docs:
+                self.store.delete_doc(doc.id)
+                db.delete(doc)
             db.commit()
-        self._bump(job_id, docs_failed=1)
+        return len(docs)
+
+    def _fail_doc(self, run: _Run, source_id: str, doc_id: str, file: SourceFile, reason: str) -> None:
+        log.warning("doc.failed job=%s path=%s reason=%s", run.job_id, file.relpath, reason)
+        row = Document(id=doc_id, source_id=source_id)
+        with self.sessions() as db:
+            if run.staged is None:
+                run.store.delete_doc(doc_id)
+                row = db.get(Document, doc_id) or row
+            row.path, row.status, row.error, row.content_hash, row.chunk_count = str(file.path), "failed", reason, "", 0
+            if run.staged is None:
+                db.merge(row)
+            else:
+                row.acl, row.title = [], ""
+                run.staged[doc_id] = row
+            db.add(JobFailure(job_id=run.job_id, path=file.relpath, reason=reason))
+            db.commit()
+        self._bump(run.job_id, docs_failed=1)
 
     def _bump(self, job_id: str, **deltas: int) -> None:
         with self.sessions() as db:

@@ -89,3 +89,18 @@ class Embedder:
             [text], normalize_embeddings=self.settings.normalize, convert_to_numpy=True, show_progress_bar=False
         )
         return [float(x) for x in vector[0]]
+
+
+if TYPE_CHECKING:
+    from retrieval.embedder_onnx import OnnxEmbedder
+
+
+def make_embedder(settings: EmbedderSettings) -> Embedder | OnnxEmbedder:
+    """The embedder `settings.backend` names: "torch" (sentence-transformers) or "onnx" (ONNX Runtime)."""
+    if settings.backend == "torch":
+        return Embedder(settings)
+    if settings.backend == "onnx":
+        from retrieval.embedder_onnx import OnnxEmbedder
+
+        return OnnxEmbedder(settings)
+    raise ValueError(f"unknown embedder backend {settings.backend!r}: use 'torch' or 'onnx'")

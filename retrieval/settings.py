@@ -21,6 +21,9 @@ class EmbedderSettings:
     batch_size: int = 32
     device: str = "cpu"
     normalize: bool = True
+    backend: str = "torch"  # "torch" (sentence-transformers) | "onnx" (ONNX Runtime, exported once and cached)
+    onnx_int8: bool = False  # onnx backend: dynamic int8 quantization (faster, cosine to fp32 ~0.98-0.99)
+    cache_dir: str = ""  # onnx backend: where exports are kept; empty: beside the model, else ~/.cache
 
     def resolved_model(self) -> str:
         return self.model or default_embedding_model()
@@ -28,18 +31,21 @@ class EmbedderSettings:
 
 @dataclass(frozen=True)
 class FusionSettings:
-    """How the dense and BM25 prefetches are fused in the one hybrid query.
+    """How the dense and BM25 prefetches are fused in the one hybrid query: weighted RRF.
 
-    RRF with explicit k and per-side weights. The weights are not a fixed constant: the BM25 side's weight
-    is scaled per query by how specific its terms are (see retrieval/fusion.py).
+    With `adaptive`, the BM25 weight is `bm25_weight` for a query of `reference_terms` distinct terms and
+    scales with reference_terms / terms (within 0.5x..2x): short keyword queries lean on BM25 more, long
+    questions less (see retrieval/fusion.py). Defaults: the middle of the region of the curve in
+    docs/BENCHMARKS.md where hybrid beats dense on both dev sets.
     """
 
-    rrf_k: int = 60
+    rrf_k: int = 2
     dense_prefetch: int = 100
     bm25_prefetch: int = 100
     dense_weight: float = 1.0
-    bm25_weight: float = 1.0
+    bm25_weight: float = 0.2
     adaptive: bool = True
+    reference_terms: int = 8
 
 
 @dataclass(frozen=True)

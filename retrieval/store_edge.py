@@ -124,9 +124,13 @@ class EdgeStore:
         return qe.Filter(must=[qe.FieldCondition(key="doc_id", match=qe.MatchValue(doc_id))])
 
     def count(self, doc_id: str | None = None) -> int:
+        if self._shard is None and not self._exists():
+            return 0  # nothing was ever written to this version
         return int(self.shard.count(qe.CountRequest(filter=self._filter(doc_id), exact=True)))
 
     def point_ids(self, doc_id: str | None = None) -> list[str]:
+        if self._shard is None and not self._exists():
+            return []
         ids: list[str] = []
         offset = None
         while True:

@@ -19,10 +19,15 @@ _UNAVAILABLE = (ResponseHandlingException, UnexpectedResponse, ConnectionError, 
 class QdrantServerStore:
     """One collection on a Qdrant server (`qdrant_url`) or in qdrant-client's local mode (`qdrant_path`)."""
 
-    def __init__(self, settings: IndexSettings, collection: str | None = None) -> None:
+    def __init__(
+        self, settings: IndexSettings, collection: str | None = None, client: QdrantClient | None = None
+    ) -> None:
         self.settings = settings
         self.collection = collection or settings.collection
-        if settings.qdrant_url:
+        self._owns_client = client is None
+        if client is not None:
+            self.client = client
+        elif settings.qdrant_url:
             self.client = QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key or None, timeout=10)
         else:
             self.client = QdrantClient(path=settings.qdrant_path or ":memory:")
@@ -155,4 +160,5 @@ class QdrantServerStore:
             raise StoreUnavailable(f"Qdrant server at {self.settings.qdrant_url} is not answering: {exc}") from exc
 
     def close(self) -> None:
-        self.client.close()
+        if self._owns_client:
+            self.client.close()

@@ -123,8 +123,10 @@ def test_redis_restarted_mid_job_loses_no_job(tmp_path: Path, embedder: Embedder
             finally:
                 restarted.terminate()
         assert one["status"] == two["status"] == "succeeded"
-        assert stats["points"] == stats["chunks_expected"] == expected_chunks(first, embedder) + expected_chunks(
-            second, embedder
+        assert (
+            stats["points"]
+            == stats["chunks_expected"]
+            == expected_chunks(first, embedder) + expected_chunks(second, embedder)
         )
         assert "job.requeue" in server.log.read_text()
     finally:

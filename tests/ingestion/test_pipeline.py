@@ -15,8 +15,8 @@ from ingestion.pipeline import IngestPipeline
 from retrieval.embedder import Embedder
 from retrieval.search import Retriever
 from retrieval.settings import IndexSettings
-from retrieval.store_edge import EdgeStore
 from retrieval.types import Principal, SearchMode
+from retrieval.versions import EdgeVersions, LiveStore
 
 PUBLIC = Principal("visitor")
 HR = Principal("hr-person", groups=("hr",))
@@ -26,7 +26,7 @@ HR = Principal("hr-person", groups=("hr",))
 class Env:
     pipeline: IngestPipeline
     retriever: Retriever
-    store: EdgeStore
+    store: LiveStore
     corpus: Path
 
     def ingest(self, acl: tuple[str, ...] = ("public",)) -> dict[str, object]:
@@ -45,7 +45,7 @@ class Env:
 @pytest.fixture
 def env(tmp_path: Path, corpus: Path, embedder: Embedder) -> Iterator[Env]:
     settings = IndexSettings(data_dir=tmp_path / "data")
-    store = EdgeStore(settings)
+    store = LiveStore(EdgeVersions(settings))
     sessions = init_db(f"sqlite:///{tmp_path / 'kb.sqlite'}")
     pipeline = IngestPipeline(sessions, store, embedder, settings, batch_chunks=4)
     yield Env(pipeline, Retriever(store, embedder, settings), store, corpus)
@@ -146,3 +146,79 @@ def test_bad_files_fail_alone_with_a_reason(env: Env) -> None:
     assert "binary" in failures["binary.txt"]
     assert "image.png" in failures
     assert env.doc_ids("vacation days")[0] == "docs:vacation-policy.md"
+
+
+def test_full_rebuild_switches_atomically_while_queries_keep_getting_complete_answers(env: Env) -> None:
+    import threading
+
+    first = env.ingest()
+    old_version = env.store.version
+    baseline = env.doc_ids("vacation days carry over", SearchMode.HYBRID)
+    assert len(baseline) == 5  # every public document (the sixth is HR-only)
+    seen: list[list[str]] = []
+    stop = threading.Event()
+
+    def query_loop() -> None:
+        while not stop.is_set():
+            seen.append(env.doc_ids("vacation days carry over", SearchMode.HYBRID))
+
+    reader = threading.Thread(target=query_loop)
+    reader.start()
+    try:
+        with env.pipeline.sessions() as db:
+            job_id = catalog.open_rebuild(db).id
+        result = env.pipeline.run_job(job_id)
+    finally:
+        stop.set()
+        reader.join()
+    assert result["status"] == "succeeded" and result["chunks_embedded"] == first["chunks_indexed"]
+    assert env.store.version == old_version + 1
+    assert len(seen) > 3
+    for hits in seen:  # never empty, never partial: every answer holds the whole index
+        assert sorted(hits) == sorted(baseline)
+    assert env.doc_ids("vacation days carry over", SearchMode.HYBRID) == baseline
+    with env.pipeline.sessions() as db:
+        assert db.query(Document).count() == 6
+    # After the switch, incremental jobs write to the new version and still skip unchanged documents.
+    assert env.ingest()["chunks_embedded"] == 0
+
+
+def test_a_rebuild_that_fails_its_check_keeps_the_live_index(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    env.ingest()
+    version = env.store.version
+    monkeypatch.setattr(env.pipeline, "_check_rebuild", _raise_check)
+    with env.pipeline.sessions() as db:
+        job_id = catalog.open_rebuild(db).id
+    result = env.pipeline.run_job(job_id)
+    assert result["status"] == "failed" and "live index kept" in str(result["error"])
+    assert env.store.version == version
+    assert env.doc_ids("vacation days")[0] == "docs:vacation-policy.md"
+    assert not (env.store.versions.root / f"kb_v{version + 1}").exists()  # type: ignore[attr-defined]
+
+
+def _raise_check(run: object) -> None:
+    from ingestion.pipeline import RebuildCheckFailed
+
+    raise RebuildCheckFailed("new index holds 0 chunks, expected 7; live index kept")
+
+
+def test_a_cancelled_job_stops_between_documents(env: Env) -> None:
+    with env.pipeline.sessions() as db:
+        catalog.create_source(db, "docs", str(env.corpus), ["public"])
+        job_id = catalog.open_job(db, "docs").id
+        catalog.cancel_job(db, job_id)
+    result = env.pipeline.run_job(job_id)
+    assert result["status"] == "cancelled" and result["docs_done"] == 0
+    assert env.store.count() == 0
+
+
+def test_retry_reprocesses_only_the_failed_documents(env: Env) -> None:
+    (env.corpus / "notes.txt").write_bytes(b"\x00binary")
+    first = env.ingest()
+    assert first["docs_failed"] == 1
+    (env.corpus / "notes.txt").write_text("Team notes: the retrospective is on Fridays.")
+    with env.pipeline.sessions() as db:
+        retry_id = catalog.open_retry(db, str(first["id"])).id
+    retry = env.pipeline.run_job(retry_id)
+    assert retry["docs_total"] == 1 and retry["docs_done"] == 1 and retry["chunks_embedded"] == 1
+    assert env.doc_ids("retrospective Fridays", SearchMode.BM25) == ["docs:notes.txt"]
