@@ -40,7 +40,12 @@ class Container:
         self.search = SearchService(self.retriever)
         self.answers = AnswerService(self.retriever, self.embedder, settings.answer_sentences)
         self.pipeline = IngestPipeline(
-            self.sessions, self.store, self.embedder, settings.index, max_file_bytes=settings.max_file_bytes
+            self.sessions,
+            self.store,
+            self.embedder,
+            settings.index,
+            max_file_bytes=settings.max_file_bytes,
+            work_dir=settings.data_dir,
         )
         self.celery: Celery = configure_celery(settings.broker)
         self._worker: threading.Thread | None = None

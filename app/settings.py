@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     chunk_tokens: int = 200
     chunk_overlap: int = 30
     max_file_bytes: int = 50_000_000
+    max_upload_bytes: int = 200_000_000  # one upload request, checked from Content-Length before reading
     max_query_chars: int = 2000
     max_top_k: int = 100
     answer_sentences: int = 4

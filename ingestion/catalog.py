@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -41,27 +42,70 @@ def validate_acl(acl: list[str]) -> list[str]:
     return groups
 
 
-def create_source(db: Session, name: str, location: str, acl: list[str]) -> Source:
+SOURCE_KINDS = ("directory", "upload", "web")
+
+
+def validate_location(kind: str, location: str) -> str:
+    location = location.strip()
+    if kind == "web":
+        if not re.match(r"^https?://[^/\s]+", location):
+            raise CatalogError("url", f"a web source needs an http(s) URL, got {location!r}")
+    elif not location:
+        raise CatalogError("path", f"a {kind} source needs a path")
+    return location
+
+
+def validate_options(kind: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    options = dict(options or {})
+    if kind != "web":
+        return {}
+    for key, low, high, default in (("max_depth", 0, 5, 1), ("max_pages", 1, 10_000, 200)):
+        value = options.get(key, default)
+        if not isinstance(value, int) or not low <= value <= high:
+            raise CatalogError(key, f"{key} must be an integer from {low} to {high}")
+        options[key] = value
+    return {k: options[k] for k in ("max_depth", "max_pages")}
+
+
+def create_source(
+    db: Session,
+    name: str,
+    location: str,
+    acl: list[str],
+    kind: str = "directory",
+    options: dict[str, Any] | None = None,
+) -> Source:
     if not _NAME.match(name):
         raise CatalogError("name", f"invalid source name {name!r}: lowercase letters, digits, _ . - (max 64)")
-    if not location.strip():
-        raise CatalogError("path", "a directory source needs a path")
+    if kind not in SOURCE_KINDS:
+        raise CatalogError("kind", f"unknown source kind {kind!r}; use one of {', '.join(SOURCE_KINDS)}")
+    location = validate_location(kind, location)
     if db.get(Source, name) is not None:
         raise Conflict(f"source {name!r} already exists; PATCH /v1/sources/{name} to change it")
-    source = Source(id=name, kind="directory", location=location, acl=validate_acl(acl))
+    source = Source(
+        id=name, kind=kind, location=location, acl=validate_acl(acl), options=validate_options(kind, options)
+    )
     db.add(source)
     db.commit()
     return source
 
 
-def update_source(db: Session, name: str, location: str | None = None, acl: list[str] | None = None) -> Source:
+def update_source(
+    db: Session,
+    name: str,
+    location: str | None = None,
+    acl: list[str] | None = None,
+    options: dict[str, Any] | None = None,
+) -> Source:
     source = get_source(db, name)
     if location is not None:
-        if not location.strip():
-            raise CatalogError("path", "a directory source needs a path")
-        source.location = location
+        if source.kind == "upload":
+            raise CatalogError("path", "an upload source's folder is managed by the service")
+        source.location = validate_location(source.kind, location)
     if acl is not None:
         source.acl = validate_acl(acl)
+    if options is not None:
+        source.options = validate_options(source.kind, {**(source.options or {}), **options})
     db.commit()
     return source
 

@@ -27,9 +27,10 @@ class Source(Base):
 
     __tablename__ = "sources"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16), default="directory")
-    location: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16), default="directory")  # directory | upload | web
+    location: Mapped[str] = mapped_column(Text)  # a directory, or the start URL of a web source
     acl: Mapped[list[str]] = mapped_column(JSON, default=list)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # web: max_depth, max_pages
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

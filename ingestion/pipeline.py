@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,6 +16,7 @@ from ingestion.chunking import Chunker
 from ingestion.loaders import LoadError, load_file
 from ingestion.models import Document, Job, JobFailure, Source, utcnow
 from ingestion.sources import DirectorySource, SourceError, SourceFile, file_hash
+from ingestion.web import crawl, read_url_map
 from retrieval.bm25 import bm25_field_text
 from retrieval.embedder import Embedder
 from retrieval.settings import IndexSettings
@@ -44,6 +47,7 @@ class _Run:
     store: Store
     force: bool = False  # rebuild: embed everything into the new version, trust no hash
     staged: dict[str, Document] | None = None  # rebuild: documents table rows, written at the switch
+    urls: dict[str, str] = field(default_factory=dict)  # web source: file name -> URL (the citation's path)
 
 
 @dataclass
@@ -55,6 +59,7 @@ class _Pending:
     content_hash: str
     title: str
     acl: list[str]
+    path: str = ""
     chunks: list[Chunk] = field(default_factory=list)
 
 
@@ -81,7 +86,9 @@ class IngestPipeline:
         settings: IndexSettings,
         max_file_bytes: int = 50_000_000,
         batch_chunks: int = 64,
+        work_dir: Path = Path("data"),
     ) -> None:
+        self.work_dir = work_dir
         self.sessions = sessions
         self.store = store
         self.embedder = embedder
@@ -172,7 +179,9 @@ class IngestPipeline:
             source = db.get(Source, source_id)
             if source is None:
                 raise SourceError(f"source {source_id!r} was deleted")
-            source_acl, location = list(source.acl), source.location
+            source_acl, location, kind, options = list(source.acl), source.location, source.kind, source.options
+        if kind == "web":
+            location, run.urls = self._crawl(run, source_id, location, options or {})
         files = DirectorySource(location).files()
         if only_paths is not None:
             files = [f for f in files if f.relpath in set(only_paths)]
@@ -189,6 +198,24 @@ class IngestPipeline:
         self._flush(run, source_id, pending)
         if only_paths is None and run.staged is None:
             self._delete_vanished(run.job_id, source_id, {f"{source_id}:{f.relpath}" for f in files})
+
+    def _crawl(self, run: _Run, source_id: str, url: str, options: dict[str, int]) -> tuple[str, dict[str, str]]:
+        """Mirror a web source into a folder (robots.txt honoured, same host, to a depth); failures are listed."""
+        dest = self.work_dir / "web" / source_id
+        result = crawl(
+            url,
+            dest,
+            max_depth=options.get("max_depth", 1),
+            max_pages=options.get("max_pages", 200),
+            max_bytes=self.max_file_bytes,
+        )
+        for failed_url, reason in result.failures:
+            with self.sessions() as db:
+                db.add(JobFailure(job_id=run.job_id, path=failed_url, reason=reason))
+                db.commit()
+            self._bump(run.job_id, docs_failed=1, docs_total=1)
+        log.info("crawl.done source=%s pages=%d failed=%d", source_id, len(result.pages), len(result.failures))
+        return str(dest), read_url_map(dest)
 
     def _rebuild(self, job_id: str) -> None:
         """Full re-index into a new version beside the live one; check it, then switch atomically."""
@@ -259,8 +286,10 @@ class IngestPipeline:
         if not spans:
             self._fail_doc(run, source_id, doc_id, file, "document has no text to index")
             return None
-        item = _Pending(file, doc_id, content_hash, loaded.title, acl)
+        item = _Pending(file, doc_id, content_hash, loaded.title, acl, path=run.urls.get(file.relpath, str(file.path)))
+        offsets = [offset for offset, _ in loaded.headings]
         for ordinal, span in enumerate(spans):
+            heading = bisect.bisect_right(offsets, span.start_char) - 1
             item.chunks.append(
                 Chunk(
                     doc_id=doc_id,
@@ -270,7 +299,8 @@ class IngestPipeline:
                     content_hash=content_hash,
                     acl=tuple(acl),
                     title=loaded.title,
-                    path=str(file.path),
+                    path=item.path,
+                    section=loaded.headings[heading][1] if heading >= 0 else "",
                     start_char=span.start_char,
                     end_char=span.end_char,
                 )
@@ -296,7 +326,7 @@ class IngestPipeline:
                     # New version first, then drop the old: a query never finds neither.
                     run.store.delete_doc(p.doc_id, keep_hash=p.content_hash)
                     row = db.get(Document, p.doc_id) or row
-                row.path, row.title, row.content_hash, row.acl = str(p.file.path), p.title, p.content_hash, p.acl
+                row.path, row.title, row.content_hash, row.acl = p.path, p.title, p.content_hash, p.acl
                 row.chunk_count, row.status, row.error = len(p.chunks), "indexed", ""
                 if run.staged is None:
                     db.merge(row)
@@ -377,8 +407,8 @@ class IngestPipeline:
 
 
 def embed_text(chunk: Chunk) -> str:
-    """What the embedder and BM25 see: the title (when it adds anything) before the chunk's text."""
-    title = chunk.title[:120]  # bounded, so title + a full chunk still fit the model's window
-    if title and not chunk.text.startswith(title):
-        return f"{title}\n{chunk.text}"
+    """What the embedder and BM25 see: title and section heading (when they add anything), then the text."""
+    context = " — ".join(h for h in (chunk.title, chunk.section) if h and h not in chunk.text[:200])
+    if context:
+        return f"{context[:160]}\n{chunk.text}"  # bounded, so the context plus a full chunk fit the model
     return chunk.text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from retrieval.types import SearchMode
@@ -9,12 +11,19 @@ from retrieval.types import SearchMode
 
 class SourceIn(BaseModel):
     name: str = Field(min_length=1, max_length=64, description="lowercase id, e.g. 'handbook'")
-    path: str = Field(min_length=1, description="directory the server reads")
+    kind: Literal["directory", "upload", "web"] = "directory"
+    path: str = Field(default="", description="directory the server reads (kind=directory)")
+    url: str = Field(default="", description="start page or sitemap (kind=web)")
+    max_depth: int = Field(default=1, ge=0, le=5, description="web: links followed from the start page")
+    max_pages: int = Field(default=200, ge=1, le=10_000, description="web: page requests per crawl")
     acl: list[str] = Field(default_factory=lambda: ["public"], description="groups that may read it")
 
 
 class SourcePatch(BaseModel):
     path: str | None = None
+    url: str | None = None
+    max_depth: int | None = Field(default=None, ge=0, le=5)
+    max_pages: int | None = Field(default=None, ge=1, le=10_000)
     acl: list[str] | None = None
 
 
@@ -23,12 +32,17 @@ class SourceOut(BaseModel):
     kind: str
     path: str
     acl: list[str]
+    options: dict[str, int] = {}
 
 
 class JobOut(BaseModel):
     id: str
     source: str
+    kind: str
     status: str
+    docs_per_second: float
+    chunks_per_second: float
+    eta_seconds: float | None
     docs_total: int
     docs_done: int
     docs_failed: int
