@@ -166,6 +166,12 @@ _HEADING_TAGS = ["h1", "h2", "h3", "h4"]
 _MARK = "\ue000"  # private-use character tagging heading lines through get_text(); stripped from input first
 
 
+_BLOCK_TAGS = [
+    "p", "div", "li", "ul", "ol", "dl", "dt", "dd", "tr", "table", "section", "article", "main", "header", "aside",
+    "pre", "blockquote", "br", "hr", "figure", "figcaption", "form", "h1", "h2", "h3", "h4", "h5", "h6",
+]  # fmt: skip
+
+
 def _load_html(text: str, path: Path) -> LoadedDocument:
     from bs4 import BeautifulSoup
 
@@ -180,10 +186,16 @@ def _load_html(text: str, path: Path) -> LoadedDocument:
         label = " ".join(heading.get_text().split())
         if label:
             heading.string = _MARK + label  # one string, so it becomes exactly one line of the text
+    # Line breaks only around block elements: inline markup (<b>, <a>, <code>) stays inside its sentence.
+    for block in body.find_all(_BLOCK_TAGS):
+        block.insert_before("\n")
+        block.insert_after("\n")
+    for cell in body.find_all(["td", "th"]):
+        cell.insert_after(" ")
     blocks: list[str] = []
     headings: list[tuple[int, str]] = []
     offset = 0
-    for line in body.get_text("\n").splitlines():
+    for line in body.get_text("").splitlines():
         line = " ".join(line.split())
         if line.startswith(_MARK):
             line = line[len(_MARK) :]

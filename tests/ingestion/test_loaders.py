@@ -22,6 +22,14 @@ def test_html_keeps_text_and_drops_tags_scripts_and_styles(tmp_path: Path) -> No
         assert leaked not in doc.text
 
 
+def test_html_inline_markup_stays_in_its_sentence(tmp_path: Path) -> None:
+    page = tmp_path / "inline.html"
+    page.write_text(
+        "<html><body><p>Install it with <b>apt</b> or <a href='#'>pip</a>.</p><p>Then run it.</p></body></html>"
+    )
+    assert load_file(page).text.splitlines() == ["Install it with apt or pip.", "Then run it."]
+
+
 def test_html_is_recognised_by_content_not_only_extension(tmp_path: Path) -> None:
     page = tmp_path / "saved_page"
     page.write_text("<!DOCTYPE html><html><body><p>Hello <i>there</i></p><script>x()</script></body></html>")
