@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     max_top_k: int = 100
     answer_sentences: int = 4
     rrf_k: int = FusionSettings.rrf_k
+    bm25_weight: float = FusionSettings.bm25_weight
+    fusion_adaptive: bool = FusionSettings.adaptive
+    prefetch: int = FusionSettings.dense_prefetch
     log_level: str = "INFO"
     sample_dir: Path = Field(default_factory=lambda: Path(__file__).resolve().parent.parent / "docs" / "sample-corpus")
 
@@ -58,7 +61,13 @@ class Settings(BaseSettings):
             chunk_tokens=self.chunk_tokens,
             chunk_overlap=self.chunk_overlap,
             embedder=EmbedderSettings(model=self.embedding_model, batch_size=self.embed_batch_size),
-            fusion=FusionSettings(rrf_k=self.rrf_k),
+            fusion=FusionSettings(
+                rrf_k=self.rrf_k,
+                bm25_weight=self.bm25_weight,
+                adaptive=self.fusion_adaptive,
+                dense_prefetch=self.prefetch,
+                bm25_prefetch=self.prefetch,
+            ),
         )
 
     @property

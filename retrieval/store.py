@@ -42,7 +42,7 @@ class StoreQuery:
     limit: int
     dense: list[float] | None = None
     text: str = ""
-    rrf_k: int = 60
+    rrf_k: int = 2
     dense_prefetch: int = 100
     bm25_prefetch: int = 100
     weights: tuple[float, float] = (1.0, 1.0)  # (dense, bm25)
