@@ -42,11 +42,13 @@ def configure_celery(settings: BrokerSettings) -> Celery:
         folder = settings.data_dir / "broker"
         (folder / "in").mkdir(parents=True, exist_ok=True)
         (folder / "processed").mkdir(parents=True, exist_ok=True)
+        (folder / "control").mkdir(parents=True, exist_ok=True)
         broker = "filesystem://"
         transport_options = {
             "data_folder_in": str(folder / "in"),
             "data_folder_out": str(folder / "in"),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),  # else kombu writes it into the working directory
             "store_processed": False,
         }
     celery_app.conf.update(
