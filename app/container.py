@@ -15,7 +15,7 @@ from ingestion import catalog
 from ingestion.celery_app import configure_celery, ingest_job, set_pipeline
 from ingestion.models import Source, utcnow
 from ingestion.pipeline import IngestPipeline
-from retrieval.embedder import Embedder
+from retrieval.embedder import make_embedder
 from retrieval.search import Retriever
 from retrieval.store import StoreUnavailable
 from retrieval.versions import LiveStore, open_versions
@@ -35,7 +35,7 @@ class Container:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.sessions = init_db(settings.sql_url)
         self.store = LiveStore(open_versions(settings.index), grace_seconds=settings.reindex_grace_seconds)
-        self.embedder = Embedder(settings.index.embedder)
+        self.embedder = make_embedder(settings.index.embedder)
         self.retriever = Retriever(self.store, self.embedder, settings.index)
         self.search = SearchService(self.retriever)
         self.answers = AnswerService(self.retriever, self.embedder, settings.answer_sentences)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from retrieval.embedder import Embedder
+from retrieval.embedder import TextEmbedder
 from retrieval.search import Retriever
 from retrieval.types import Citation, Hit, Principal, SearchMode, Usage
 
@@ -47,7 +47,7 @@ class SearchService:
 class AnswerService:
     """Extractive answers: the sentences of the top hits closest to the question, each cited."""
 
-    def __init__(self, retriever: Retriever, embedder: Embedder, max_sentences: int = 4, passages: int = 5) -> None:
+    def __init__(self, retriever: Retriever, embedder: TextEmbedder, max_sentences: int = 4, passages: int = 5) -> None:
         self.retriever = retriever
         self.embedder = embedder
         self.max_sentences = max_sentences

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     qdrant_path: str = ""
     collection: str = "kb"
     embedding_model: str = ""
+    embedding_backend: str = "torch"  # torch | onnx (ONNX Runtime, exported once from the same model)
+    embedding_onnx_int8: bool = False
     embed_batch_size: int = 32
     chunk_tokens: int = 200
     chunk_overlap: int = 30
@@ -60,7 +62,13 @@ class Settings(BaseSettings):
             qdrant_path=self.qdrant_path,
             chunk_tokens=self.chunk_tokens,
             chunk_overlap=self.chunk_overlap,
-            embedder=EmbedderSettings(model=self.embedding_model, batch_size=self.embed_batch_size),
+            embedder=EmbedderSettings(
+                model=self.embedding_model,
+                batch_size=self.embed_batch_size,
+                backend=self.embedding_backend,
+                onnx_int8=self.embedding_onnx_int8,
+                cache_dir=str(self.data_dir / "onnx"),
+            ),
             fusion=FusionSettings(
                 rrf_k=self.rrf_k,
                 bm25_weight=self.bm25_weight,

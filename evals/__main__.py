@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from evals.ingest_bench import add_parser as add_ingest_parser
 from retrieval.settings import IndexSettings
 from retrieval.types import SearchMode
 
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     fusion.add_argument("--out", type=Path, help="write the curve as JSON here")
     fusion.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where indexed shards are kept")
     fusion.set_defaults(func=_fusion)
+    add_ingest_parser(sub)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")

@@ -18,7 +18,7 @@ from ingestion.models import Document, Job, JobFailure, Source, utcnow
 from ingestion.sources import DirectorySource, SourceError, SourceFile, file_hash
 from ingestion.web import crawl, read_url_map
 from retrieval.bm25 import bm25_field_text
-from retrieval.embedder import Embedder
+from retrieval.embedder import TextEmbedder
 from retrieval.settings import IndexSettings
 from retrieval.store import IndexedChunk, Store, StoreQuery
 from retrieval.types import PUBLIC_GROUP, Chunk, SearchMode
@@ -82,7 +82,7 @@ class IngestPipeline:
         self,
         sessions: sessionmaker[Session],
         store: LiveStore,
-        embedder: Embedder,
+        embedder: TextEmbedder,
         settings: IndexSettings,
         max_file_bytes: int = 50_000_000,
         batch_chunks: int = 64,
@@ -111,7 +111,9 @@ class IngestPipeline:
     def index_signature(self) -> str:
         """Settings that change chunks or vectors: a change re-embeds every document."""
         s = self.settings
-        return f"v1|{s.embedder.resolved_model()}|{s.chunk_tokens}|{s.chunk_overlap}"
+        # fp32 ONNX gives the torch model's vectors; int8 ones differ slightly, so switching it re-embeds.
+        int8 = "|int8" if s.embedder.backend == "onnx" and s.embedder.onnx_int8 else ""
+        return f"v1|{s.embedder.resolved_model()}|{s.chunk_tokens}|{s.chunk_overlap}{int8}"
 
     def is_running(self, job_id: str) -> bool:
         with self._guard:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -15,6 +15,27 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 log = logging.getLogger(__name__)
+
+
+class TextEmbedder(Protocol):
+    """What the pipeline, retriever and services need from an embedder (torch or ONNX Runtime backend)."""
+
+    settings: EmbedderSettings
+    texts_embedded: int
+
+    def warm_up(self) -> None: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def max_tokens(self) -> int: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray: ...
+
+    def embed_query(self, text: str) -> list[float]: ...
 
 
 class Embedder:
@@ -92,10 +113,10 @@ class Embedder:
 
 
 if TYPE_CHECKING:
-    from retrieval.embedder_onnx import OnnxEmbedder
+    pass
 
 
-def make_embedder(settings: EmbedderSettings) -> Embedder | OnnxEmbedder:
+def make_embedder(settings: EmbedderSettings) -> TextEmbedder:
     """The embedder `settings.backend` names: "torch" (sentence-transformers) or "onnx" (ONNX Runtime)."""
     if settings.backend == "torch":
         return Embedder(settings)

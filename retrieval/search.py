@@ -6,7 +6,7 @@ import logging
 import time
 
 from retrieval.bm25 import query_terms
-from retrieval.embedder import Embedder
+from retrieval.embedder import TextEmbedder
 from retrieval.fusion import fusion_weights
 from retrieval.settings import IndexSettings
 from retrieval.store import Store, StoreQuery
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 class Retriever:
     """Turns a question into hits: embeds it, builds the one Qdrant query for the mode, maps points to hits."""
 
-    def __init__(self, store: Store, embedder: Embedder, settings: IndexSettings) -> None:
+    def __init__(self, store: Store, embedder: TextEmbedder, settings: IndexSettings) -> None:
         self.store = store
         self.embedder = embedder
         self.settings = settings
