@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
+import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingestion.chunking import Chunker
@@ -25,6 +28,8 @@ from retrieval.types import PUBLIC_GROUP, Chunk, SearchMode
 from retrieval.versions import LiveStore
 
 log = logging.getLogger(__name__)
+PREFETCH_DOCS = 16
+_DONE = object()
 
 
 class JobNotFound(Exception):
@@ -189,9 +194,7 @@ class IngestPipeline:
             files = [f for f in files if f.relpath in set(only_paths)]
         self._bump(run.job_id, docs_total=len(files))
         pending: list[_Pending] = []
-        for file in files:
-            self._check_cancelled(run.job_id)
-            item = self._prepare(run, source_id, source_acl, file)
+        for item in self._prepared(run, source_id, source_acl, files):
             if item is not None:
                 pending.append(item)
             if sum(len(p.chunks) for p in pending) >= self.batch_chunks:
@@ -200,6 +203,41 @@ class IngestPipeline:
         self._flush(run, source_id, pending)
         if only_paths is None and run.staged is None:
             self._delete_vanished(run.job_id, source_id, {f"{source_id}:{f.relpath}" for f in files})
+
+    def _prepared(
+        self, run: _Run, source_id: str, source_acl: list[str], files: list[SourceFile]
+    ) -> Iterator[_Pending | None]:
+        """Load and chunk documents in a background thread while the caller embeds the previous batch.
+
+        The queue is bounded, so parsing runs at most `PREFETCH_DOCS` documents ahead of embedding.
+        """
+        results: queue.Queue[object] = queue.Queue(maxsize=PREFETCH_DOCS)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for file in files:
+                    if stop.is_set():
+                        return
+                    results.put(self._prepare(run, source_id, source_acl, file))
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                results.put(exc)
+            finally:
+                results.put(_DONE)
+
+        producer = threading.Thread(target=produce, name=f"prepare-{run.job_id[:8]}", daemon=True)
+        producer.start()
+        try:
+            while (item := results.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                self._check_cancelled(run.job_id)
+                yield item  # type: ignore[misc]
+        finally:
+            stop.set()
+            while producer.is_alive():  # unblock a producer waiting on a full queue, then let it end
+                with contextlib.suppress(queue.Empty):
+                    results.get(timeout=0.1)
 
     def _crawl(self, run: _Run, source_id: str, url: str, options: dict[str, int]) -> tuple[str, dict[str, str]]:
         """Mirror a web source into a folder (robots.txt honoured, same host, to a depth); failures are listed."""
@@ -377,12 +415,10 @@ class IngestPipeline:
         self._bump(run.job_id, docs_failed=1)
 
     def _bump(self, job_id: str, **deltas: int) -> None:
+        # One UPDATE with `col = col + delta`: the prefetch thread and the embedding loop both count.
+        values: dict[str, object] = {name: getattr(Job, name) + delta for name, delta in deltas.items()}
         with self.sessions() as db:
-            job = db.get(Job, job_id)
-            assert job is not None
-            for name, delta in deltas.items():
-                setattr(job, name, getattr(job, name) + delta)
-            job.heartbeat_at = utcnow()
+            db.execute(update(Job).where(Job.id == job_id).values(**values, heartbeat_at=utcnow()))
             db.commit()
 
     def _update(self, job_id: str, **values: object) -> None:

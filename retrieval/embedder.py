@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -38,6 +39,22 @@ class TextEmbedder(Protocol):
     def embed_query(self, text: str) -> list[float]: ...
 
 
+class TokenCounter:
+    """Counts word pieces with a private copy of a tokenizer.
+
+    Hugging Face fast tokenizers keep padding/truncation state and are not safe to share between threads:
+    the chunker counts tokens in the prefetch thread while the embedder encodes batches in another.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = copy.deepcopy(tokenizer)
+        self._lock = threading.Lock()
+
+    def count(self, text: str) -> int:
+        with self._lock:
+            return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+
 class Embedder:
     """Dense vectors for chunks and queries from any sentence-transformers model (name or local path)."""
 
@@ -46,6 +63,7 @@ class Embedder:
         self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
         self.texts_embedded = 0  # chunks embedded since start; tests use it to prove skips
+        self._counter: TokenCounter | None = None
 
     def warm_up(self) -> None:
         """Load the model (offline: weights come from a local folder or the local cache)."""
@@ -89,7 +107,9 @@ class Embedder:
 
     def count_tokens(self, text: str) -> int:
         """Word pieces of `text` in the model's own tokenizer (no special tokens)."""
-        return len(self.model.tokenizer.encode(text, add_special_tokens=False))
+        if self._counter is None:
+            self._counter = TokenCounter(self.model.tokenizer)
+        return self._counter.count(text)
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         """Normalised vectors for chunks, batched by the configured batch size."""

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from retrieval.embedder import TokenCounter
 from retrieval.settings import EmbedderSettings
 
 if TYPE_CHECKING:
@@ -225,6 +226,7 @@ class OnnxEmbedder:
         self.settings = settings
         self._session: ort.InferenceSession | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._counter: TokenCounter | None = None
         self._layout: ModelLayout | None = None
         self._max_tokens = 512
         self._dim = 0
@@ -305,7 +307,9 @@ class OnnxEmbedder:
 
     def count_tokens(self, text: str) -> int:
         """Word pieces of `text` in the model's own tokenizer (no special tokens)."""
-        return len(self._parts()[1].encode(text, add_special_tokens=False))
+        if self._counter is None:
+            self._counter = TokenCounter(self._parts()[1])
+        return self._counter.count(text)
 
     def _run(self, texts: list[str]) -> np.ndarray:
         """Vectors in input order; texts are sorted by length into batches so little compute goes to padding."""
