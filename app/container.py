@@ -16,6 +16,7 @@ from ingestion.celery_app import configure_celery, ingest_job, set_pipeline
 from ingestion.models import Source, utcnow
 from ingestion.pipeline import IngestPipeline
 from retrieval.embedder import make_embedder
+from retrieval.rerank import Reranker, RerankSettings
 from retrieval.search import Retriever
 from retrieval.store import StoreUnavailable
 from retrieval.versions import LiveStore, open_versions
@@ -38,7 +39,20 @@ class Container:
         self.embedder = make_embedder(settings.index.embedder)
         self.retriever = Retriever(self.store, self.embedder, settings.index)
         self.search = SearchService(self.retriever)
-        self.answers = AnswerService(self.retriever, self.embedder, settings.answer_sentences)
+        self.reranker = Reranker(
+            RerankSettings(
+                model=settings.rerank_model,
+                max_depth=settings.rerank_depth,
+                latency_budget_ms=settings.rerank_budget_ms,
+            )
+        )
+        self.answers = AnswerService(
+            self.retriever,
+            self.embedder,
+            self.reranker,
+            budget_tokens=settings.answer_budget_tokens,
+            max_sentences=settings.answer_sentences,
+        )
         self.pipeline = IngestPipeline(
             self.sessions,
             self.store,
@@ -54,6 +68,8 @@ class Container:
     def warm_up(self) -> None:
         """Load the model and open the index before the first request, not during it."""
         self.embedder.warm_up()
+        if self.reranker.enabled:
+            self.reranker.warm_up()
         try:
             self.store.ensure_collection(self.embedder.dim)
         except StoreUnavailable as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,8 +28,24 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+class SchemaOutdated(RuntimeError):
+    """The database was created by an older version whose tables lack columns this version needs."""
+
+
 def init_db(url: str) -> sessionmaker[Session]:
+    """Create missing tables and refuse, with what to do, a database whose existing tables are outdated."""
     engine = make_engine(url)
-    IngestionBase.metadata.create_all(engine)
-    AppBase.metadata.create_all(engine)
+    inspector = inspect(engine)
+    for metadata in (IngestionBase.metadata, AppBase.metadata):
+        for table in metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            missing = sorted(c.name for c in table.columns if c.name not in present)
+            if missing:
+                raise SchemaOutdated(
+                    f"table {table.name!r} in {engine.url!r} lacks columns {missing}: it was made by an older "
+                    "version. Point KB_DATABASE_URL / KB_DATA_DIR at a fresh location and re-ingest."
+                )
+        metadata.create_all(engine)
     return sessionmaker(engine, expire_on_commit=False)

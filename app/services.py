@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from retrieval.compress import compress
 from retrieval.embedder import TextEmbedder
+from retrieval.rerank import Reranker
 from retrieval.search import Retriever
 from retrieval.types import Citation, Hit, Principal, SearchMode, Usage
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])|\n{2,}")
 NO_ANSWER = "I could not find this in the documents you can read."
 
 
@@ -24,16 +22,8 @@ class Answer:
     citations: list[Citation]
     hits: list[Hit]
     extractive: bool = True
+    confidence: float | None = None  # the reranker's calibrated confidence in the top passage, when it ran
     usage: Usage = field(default_factory=Usage)
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of a passage: paragraphs are re-joined across hard line wraps; headings are dropped."""
-    sentences: list[str] = []
-    for paragraph in re.split(r"\n\s*\n", text):
-        lines = [ln.strip() for ln in paragraph.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-        sentences.extend(p.strip() for p in _SENTENCE_END.split(" ".join(lines)))
-    return [s for s in sentences if len(s) >= 3]
 
 
 class SearchService:
@@ -45,36 +35,61 @@ class SearchService:
 
 
 class AnswerService:
-    """Extractive answers: the sentences of the top hits closest to the question, each cited."""
+    """Extractive answers: retrieve, rerank (when a cross-encoder is configured), then keep the sentences
+    closest to the question within a token budget, each cited with its document offsets."""
 
-    def __init__(self, retriever: Retriever, embedder: TextEmbedder, max_sentences: int = 4, passages: int = 5) -> None:
+    def __init__(
+        self,
+        retriever: Retriever,
+        embedder: TextEmbedder,
+        reranker: Reranker,
+        budget_tokens: int = 120,
+        passages: int = 5,
+        max_sentences: int = 4,
+        relative_floor: float = 0.6,
+    ) -> None:
+        self.max_sentences = max_sentences
+        self.relative_floor = relative_floor
         self.retriever = retriever
         self.embedder = embedder
-        self.max_sentences = max_sentences
+        self.reranker = reranker
+        self.budget_tokens = budget_tokens
         self.passages = passages
 
     def answer(self, principal: Principal, question: str, mode: SearchMode = SearchMode.HYBRID) -> Answer:
         usage = Usage()
         t0 = time.perf_counter()
-        hits = self.retriever.search(question, principal, mode, self.passages)
+        depth = max(self.passages, self.reranker.settings.max_depth) if self.reranker.enabled else self.passages
+        hits = self.retriever.search(question, principal, mode, depth)
         usage.stages_ms["retrieve"] = (time.perf_counter() - t0) * 1000
         if not hits:
             return Answer(NO_ANSWER, [], [], usage=usage)
         t1 = time.perf_counter()
-        candidates = [(rank, s) for rank, hit in enumerate(hits) for s in split_sentences(hit.chunk.text)]
-        if not candidates:
-            return Answer(NO_ANSWER, [], hits, usage=usage)
-        qvec = np.asarray(self.embedder.embed_query(question), dtype=np.float32)
-        svecs = self.embedder.embed_documents([s for _, s in candidates])
-        # Similarity to the question, with a small prior for passages the retriever ranked higher.
-        scores = svecs @ qvec - 0.02 * np.array([rank for rank, _ in candidates], dtype=np.float32)
-        chosen = sorted(np.argsort(-scores)[: self.max_sentences].tolist(), key=lambda i: (candidates[i][0], i))
-        numbers: dict[int, int] = {}
-        parts = []
-        for i in chosen:
-            rank, sentence = candidates[i]
-            numbers.setdefault(rank, len(numbers) + 1)
-            parts.append(f"{sentence} [{numbers[rank]}]")
-        citations = [hits[rank].citation for rank in sorted(numbers, key=numbers.__getitem__)]
-        usage.stages_ms["extract"] = (time.perf_counter() - t1) * 1000
-        return Answer(" ".join(parts), citations, hits, usage=usage)
+        ranked = self.reranker.rerank(question, hits)
+        hits = [r.hit for r in ranked][: self.passages]
+        confidence = ranked[0].confidence
+        usage.stages_ms["rerank"] = (time.perf_counter() - t1) * 1000
+        t2 = time.perf_counter()
+        context = compress(
+            question,
+            hits,
+            embed=self.embedder.embed_documents,
+            query_vec=self.embedder.embed_query(question),
+            count_tokens=self.embedder.count_tokens,
+            budget_tokens=self.budget_tokens,
+        )
+        usage.stages_ms["compress"] = (time.perf_counter() - t2) * 1000
+        # An answer quotes only the few sentences that are close to the best one, not the whole budget.
+        scores = sorted((s.score for _, kept in context.passages for s in kept), reverse=True)
+        floor = max(scores[0] * self.relative_floor, scores[min(len(scores), self.max_sentences) - 1]) if scores else 0
+        parts: list[str] = []
+        citations: list[Citation] = []
+        for hit, kept in context.passages:
+            sentences = [s for s in kept if s.score >= floor]
+            if not sentences:
+                continue
+            citations.append(hit.citation)
+            parts.extend(f"{' '.join(s.text.split())} [{len(citations)}]" for s in sentences)
+        if not parts:
+            return Answer(NO_ANSWER, [], hits, confidence=confidence, usage=usage)
+        return Answer(" ".join(parts), citations, hits, confidence=confidence, usage=usage)

@@ -44,7 +44,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 200_000_000  # one upload request, checked from Content-Length before reading
     max_query_chars: int = 2000
     max_top_k: int = 100
-    answer_sentences: int = 4
+    answer_sentences: int = 4  # at most this many quoted sentences in an extractive answer
+    answer_budget_tokens: int = 120  # extractive answers: the best sentences within this many tokens
+    rerank_model: str = ""  # a CrossEncoder name or path (e.g. one `kb adapt` trained); empty: no reranking
+    rerank_depth: int = 20
+    rerank_budget_ms: float = 1500.0  # rerank depth shrinks to what fits this budget at measured pairs/s
     rrf_k: int = FusionSettings.rrf_k
     bm25_weight: float = FusionSettings.bm25_weight
     fusion_adaptive: bool = FusionSettings.adaptive

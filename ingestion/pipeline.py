@@ -161,8 +161,9 @@ class IngestPipeline:
                 self._rebuild(job_id)
             else:
                 assert source_id is not None
-                run = _Run(job_id, self.store)
                 self.store.ensure_collection(self.embedder.dim)
+                # An empty index with documents recorded in SQL (a lost or replaced data dir): trust no hash.
+                run = _Run(job_id, self.store, force=self.store.count() == 0)
                 self._ingest_source(run, source_id, only_paths=only)
                 self.store.optimize()
         except JobCancelled:

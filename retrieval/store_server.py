@@ -13,7 +13,7 @@ from retrieval.types import SearchMode
 
 log = logging.getLogger(__name__)
 _KEYWORD_FIELDS = ("acl", "doc_id", "source", "content_hash")
-_UNAVAILABLE = (ResponseHandlingException, UnexpectedResponse, ConnectionError, TimeoutError)
+UNAVAILABLE = (ResponseHandlingException, UnexpectedResponse, ConnectionError, TimeoutError)
 
 
 class QdrantServerStore:
@@ -49,7 +49,7 @@ class QdrantServerStore:
                 self.settings.text_field,
                 models.TextIndexParams(type=models.TextIndexType.TEXT, scoring=True),
             )
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Qdrant server at {self.settings.qdrant_url} is not answering: {exc}") from exc
         log.info("qdrant.create collection=%s dim=%d", self.collection, dim)
 
@@ -127,7 +127,7 @@ class QdrantServerStore:
                     limit=request.limit,
                     with_payload=True,
                 )
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Qdrant server query failed: {exc}") from exc
         return [StoredPoint(str(p.id), float(p.score), dict(p.payload or {})) for p in resp.points]
 
@@ -156,7 +156,7 @@ class QdrantServerStore:
     def ping(self) -> None:
         try:
             self.client.get_collections()
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Qdrant server at {self.settings.qdrant_url} is not answering: {exc}") from exc
 
     def close(self) -> None:

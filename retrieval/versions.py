@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from retrieval.settings import IndexSettings
-from retrieval.store import IndexedChunk, Store, StoredPoint, StoreQuery
+from retrieval.store import IndexedChunk, Store, StoredPoint, StoreQuery, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,12 @@ class ServerVersions:
         return None
 
     def open_live(self) -> tuple[int, Store]:
-        version = self._live_version() or 1
+        from retrieval.store_server import UNAVAILABLE
+
+        try:
+            version = self._live_version() or 1
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Qdrant server at {self.settings.qdrant_url} is not answering: {exc}") from exc
         return version, self._store(version)
 
     def next_version(self) -> int:
@@ -148,13 +153,22 @@ class LiveStore:
     def __init__(self, versions: IndexVersions, grace_seconds: float = 30.0) -> None:
         self.versions = versions
         self.grace_seconds = grace_seconds
-        self.version, self._live = versions.open_live()
+        self.version = 0
+        self._live: Store | None = None
+        try:
+            self.version, self._live = versions.open_live()
+        except StoreUnavailable as exc:  # start anyway; every call retries and says 503 until the engine answers
+            log.error("index.unavailable at_start error=%s", exc)
         self._pointed = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._timers: list[threading.Timer] = []
 
     @property
     def live(self) -> Store:
+        if self._live is None:
+            with self._lock:
+                if self._live is None:
+                    self.version, self._live = self.versions.open_live()
         return self._live
 
     def begin_rebuild(self) -> tuple[int, Store]:
@@ -165,7 +179,7 @@ class LiveStore:
     def promote(self, version: int, store: Store) -> None:
         """Switch queries to `version`; the old version is dropped after the grace period (in-flight reads end)."""
         with self._lock:
-            old_version, old_store = self.version, self._live
+            old_version, old_store = self.version, self.live
             self.versions.point_to(version)
             self.version, self._live, self._pointed = version, store, True
         log.info("index.promoted version=%d previous=%d grace_s=%.0f", version, old_version, self.grace_seconds)
@@ -179,40 +193,41 @@ class LiveStore:
 
     # Store protocol: forward to the live version.
     def ensure_collection(self, dim: int) -> None:
-        self._live.ensure_collection(dim)
+        self.live.ensure_collection(dim)
         if not self._pointed:
             with self._lock:
                 self.versions.point_to(self.version)  # first start: the pointer / alias names version 1
                 self._pointed = True
 
     def upsert(self, points: list[IndexedChunk]) -> None:
-        self._live.upsert(points)
+        self.live.upsert(points)
 
     def delete_doc(self, doc_id: str, keep_hash: str | None = None) -> None:
-        self._live.delete_doc(doc_id, keep_hash)
+        self.live.delete_doc(doc_id, keep_hash)
 
     def set_acl(self, doc_id: str, acl: list[str]) -> None:
-        self._live.set_acl(doc_id, acl)
+        self.live.set_acl(doc_id, acl)
 
     def query(self, request: StoreQuery) -> list[StoredPoint]:
-        return self._live.query(request)
+        return self.live.query(request)
 
     def count(self, doc_id: str | None = None) -> int:
-        return self._live.count(doc_id)
+        return self.live.count(doc_id)
 
     def point_ids(self, doc_id: str | None = None) -> list[str]:
-        return self._live.point_ids(doc_id)
+        return self.live.point_ids(doc_id)
 
     def optimize(self) -> None:
-        self._live.optimize()
+        self.live.optimize()
 
     def ping(self) -> None:
-        self._live.ping()
+        self.live.ping()
 
     def close(self) -> None:
         for timer in self._timers:
             if timer.is_alive():
                 timer.cancel()
                 timer.function(*timer.args)  # drop now: nothing reads an old version after shutdown
-        self._live.close()
+        if self._live is not None:
+            self._live.close()
         self.versions.close()

@@ -42,6 +42,7 @@ async def answer(body: AnswerIn, principal: PrincipalDep, container: ContainerDe
     return AnswerOut(
         answer=result.text,
         extractive=result.extractive,
+        confidence=result.confidence,
         citations=[CitationOut(**asdict(c)) for c in result.citations],
         usage={"prompt_tokens": 0, "completion_tokens": 0, "stages_ms": result.usage.stages_ms},
     )

