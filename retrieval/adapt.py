@@ -143,11 +143,13 @@ def train_cross_encoder(
     head_lr: float = 1e-3,
     max_length: int = 128,
     seed: int = 0,
+    frozen_layers: int = 0,
 ) -> Path:
     """Fine-tune a one-logit cross-encoder from `base_model` with BCE, stopping when the time budget is spent.
 
     Returns `out_dir`, loadable with `CrossEncoder(str(out_dir))`. `progress` gets the fraction done (0..1).
     The fresh head learns at `head_lr`; the encoder at `lr`, warmed up and then decayed with elapsed time.
+    `frozen_layers` keeps the embeddings and that many lower layers fixed: fewer gradients, more steps per second.
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -162,8 +164,11 @@ def train_cross_encoder(
     steps_per_epoch = math.ceil(len(examples) / batch_size)
     total_steps = steps_per_epoch * epochs
     warmup = max(1, min(20, total_steps // 10))
+    frozen = ("embeddings.", *(f"encoder.layer.{i}." for i in range(frozen_layers))) if frozen_layers else ()
+    for name, param in model.named_parameters():
+        param.requires_grad = not any(f".{prefix}" in f".{name}" for prefix in frozen)
     head = [p for n, p in model.named_parameters() if n.startswith("classifier")]
-    body = [p for n, p in model.named_parameters() if not n.startswith("classifier")]
+    body = [p for n, p in model.named_parameters() if not n.startswith("classifier") and p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": head_lr}], weight_decay=0.01)
     base_lrs = [lr, head_lr]
     n_neg = max(1, round(sum(len(p.negative_texts) for p in pairs) / len(pairs)))
@@ -188,7 +193,7 @@ def train_cross_encoder(
             enc = tokenizer(
                 [q for q, _, _ in batch],
                 [t for _, t, _ in batch],
-                truncation="only_second",
+                truncation="longest_first",  # a long heading must not fail a short max_length
                 max_length=max_length,
                 padding=True,
                 return_tensors="pt",
@@ -201,6 +206,7 @@ def train_cross_encoder(
             optimizer.zero_grad()
             step += 1
             seen += len(batch)
+            log.debug("adapt.step step=%d loss=%.4f", step, loss.item())
             if progress is not None:
                 progress(min(1.0, max(step / total_steps, (time.perf_counter() - start) / time_budget_s)))
         if stopped:
@@ -325,7 +331,7 @@ def adapt(
     candidate = Path(tempfile.mkdtemp(prefix=".adapt-", dir=out_dir.parent))
     try:
         train_cross_encoder(
-            train, base_model, candidate, time_budget_s, progress=progress, max_length=max_length, seed=seed
+            train, base_model, candidate, time_budget_s, epochs=100, progress=progress, max_length=max_length, seed=seed
         )
         after = evaluate_ranking(cross_encoder_scorer(str(candidate), max_length), holdout)
         replaced = after["mrr"] > before["mrr"]
