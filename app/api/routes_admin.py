@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path, PurePath
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from app.api.deps import AdminDep, ContainerDep
 from app.api.errors import ApiError
 from app.api.schemas import JobOut, SourceIn, SourceOut, SourcePatch
 from app.container import Container
 from ingestion import catalog
-from ingestion.models import Source
+from ingestion.models import Job, Source
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -33,6 +34,14 @@ def _job_out(container: Container, job_id: str) -> JobOut:
     with container.sessions() as db:
         job = catalog.get_job(db, job_id)
         return JobOut(**job.progress(), failures=catalog.job_failures(db, job_id))
+
+
+def _queue(container: Container, open_job: Callable[[Session], Job]) -> JobOut:
+    """Open a job in SQL, hand it to the broker, and answer with its progress."""
+    with container.sessions() as db:
+        job_id = open_job(db).id
+    container.enqueue(job_id)
+    return _job_out(container, job_id)
 
 
 def _upload_dir(container: Container, name: str) -> Path:
@@ -113,28 +122,19 @@ async def upload_files(name: str, request: Request, _: AdminDep, container: Cont
                     raise ApiError(413, "payload_too_large", f"{filename} is over the {per_file}-byte file limit")
                 out.write(block)
         target.replace(folder / filename)  # whole files only: the indexer never sees a partial upload
-    with container.sessions() as db:
-        job_id = catalog.open_job(db, name).id
-    container.enqueue(job_id)
-    return _job_out(container, job_id)
+    return _queue(container, lambda db: catalog.open_job(db, name))
 
 
 @router.post("/sources/{name}/reindex", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED)
 def reindex(name: str, _: AdminDep, container: ContainerDep) -> JobOut:
     """Queue an incremental re-index of the source; follow it with GET /v1/jobs/{id}."""
-    with container.sessions() as db:
-        job_id = catalog.open_job(db, name).id
-    container.enqueue(job_id)
-    return _job_out(container, job_id)
+    return _queue(container, lambda db: catalog.open_job(db, name))
 
 
 @router.post("/index/rebuild", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED)
 def rebuild(_: AdminDep, container: ContainerDep) -> JobOut:
     """Full re-index of every source into a new index version, switched in atomically once checked."""
-    with container.sessions() as db:
-        job_id = catalog.open_rebuild(db).id
-    container.enqueue(job_id)
-    return _job_out(container, job_id)
+    return _queue(container, catalog.open_rebuild)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
@@ -153,10 +153,7 @@ def cancel_job(job_id: str, _: AdminDep, container: ContainerDep) -> JobOut:
 @router.post("/jobs/{job_id}/retry", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED)
 def retry_job(job_id: str, _: AdminDep, container: ContainerDep) -> JobOut:
     """A new job that re-processes only the documents this job failed on."""
-    with container.sessions() as db:
-        new_id = catalog.open_retry(db, job_id).id
-    container.enqueue(new_id)
-    return _job_out(container, new_id)
+    return _queue(container, lambda db: catalog.open_retry(db, job_id))
 
 
 @router.get("/jobs/{job_id}/events")
