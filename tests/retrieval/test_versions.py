@@ -19,7 +19,7 @@ def point(doc: str, text: str) -> IndexedChunk:
 def test_rebuild_on_the_server_backend_switches_the_alias(tmp_path: Path) -> None:
     settings = IndexSettings(data_dir=tmp_path, qdrant_path=str(tmp_path / "qdrant"), collection="kb")
     versions = ServerVersions(settings)
-    live = LiveStore(versions, grace_seconds=0.0)
+    live = LiveStore(versions, grace_seconds=60.0)  # close() drops the old version
     live.ensure_collection(4)
     live.upsert([point("a", "old text")])
     assert live.version == 1 and live.count() == 1
