@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -73,6 +74,10 @@ class Store(Protocol):
     def count(self, doc_id: str | None = None) -> int: ...
 
     def point_ids(self, doc_id: str | None = None) -> list[str]: ...
+
+    def chunks(self) -> Iterator[Chunk]:
+        """Every stored chunk with its payload, in the engine's order (for mining training pairs)."""
+        ...
 
     def optimize(self) -> None: ...
 

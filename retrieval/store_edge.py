@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import qdrant_edge as qe
 
 from retrieval.settings import IndexSettings
 from retrieval.store import IndexedChunk, StoredPoint, StoreQuery, StoreUnavailable
-from retrieval.types import SearchMode
+from retrieval.types import Chunk, SearchMode
 
 log = logging.getLogger(__name__)
 _KEYWORD_FIELDS = ("acl", "doc_id", "source", "content_hash")
@@ -128,18 +130,24 @@ class EdgeStore:
             return 0  # nothing was ever written to this version
         return int(self.shard.count(qe.CountRequest(filter=self._filter(doc_id), exact=True)))
 
-    def point_ids(self, doc_id: str | None = None) -> list[str]:
+    def _scroll(self, doc_id: str | None, with_payload: bool) -> Iterator[Any]:
         if self._shard is None and not self._exists():
-            return []
-        ids: list[str] = []
+            return  # nothing was ever written to this version
         offset = None
         while True:
             records, offset = self.shard.scroll(
-                qe.ScrollRequest(offset=offset, limit=1000, filter=self._filter(doc_id), with_payload=False)
+                qe.ScrollRequest(offset=offset, limit=1000, filter=self._filter(doc_id), with_payload=with_payload)
             )
-            ids.extend(str(r.id) for r in records)
+            yield from records
             if offset is None:
-                return ids
+                return
+
+    def point_ids(self, doc_id: str | None = None) -> list[str]:
+        return [str(r.id) for r in self._scroll(doc_id, with_payload=False)]
+
+    def chunks(self) -> Iterator[Chunk]:
+        for record in self._scroll(None, with_payload=True):
+            yield Chunk.from_payload(dict(record.payload or {}))
 
     def optimize(self) -> None:
         # Optimised segments reopen in <1 s; an appendable segment with a text index takes seconds.

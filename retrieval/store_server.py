@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from typing import Any
 
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from retrieval.settings import IndexSettings
 from retrieval.store import IndexedChunk, StoredPoint, StoreQuery, StoreUnavailable
-from retrieval.types import SearchMode
+from retrieval.types import Chunk, SearchMode
 
 log = logging.getLogger(__name__)
 _KEYWORD_FIELDS = ("acl", "doc_id", "source", "content_hash")
@@ -139,16 +141,26 @@ class QdrantServerStore:
     def count(self, doc_id: str | None = None) -> int:
         return int(self.client.count(self.collection, count_filter=self._filter(doc_id), exact=True).count)
 
-    def point_ids(self, doc_id: str | None = None) -> list[str]:
-        ids: list[str] = []
+    def _scroll(self, doc_id: str | None, with_payload: bool) -> Iterator[Any]:
         offset = None
         while True:
             records, offset = self.client.scroll(
-                self.collection, scroll_filter=self._filter(doc_id), limit=1000, offset=offset, with_payload=False
+                self.collection,
+                scroll_filter=self._filter(doc_id),
+                limit=1000,
+                offset=offset,
+                with_payload=with_payload,
             )
-            ids.extend(str(r.id) for r in records)
+            yield from records
             if offset is None:
-                return ids
+                return
+
+    def point_ids(self, doc_id: str | None = None) -> list[str]:
+        return [str(r.id) for r in self._scroll(doc_id, with_payload=False)]
+
+    def chunks(self) -> Iterator[Chunk]:
+        for record in self._scroll(None, with_payload=True):
+            yield Chunk.from_payload(dict(record.payload or {}))
 
     def optimize(self) -> None:
         """The server optimises segments itself."""

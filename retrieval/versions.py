@@ -13,11 +13,13 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 from retrieval.settings import IndexSettings
 from retrieval.store import IndexedChunk, Store, StoredPoint, StoreQuery, StoreUnavailable
+from retrieval.types import Chunk
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +218,9 @@ class LiveStore:
 
     def point_ids(self, doc_id: str | None = None) -> list[str]:
         return self.live.point_ids(doc_id)
+
+    def chunks(self) -> Iterator[Chunk]:
+        return self.live.chunks()
 
     def optimize(self) -> None:
         self.live.optimize()
