@@ -13,9 +13,10 @@ import logging
 import math
 import random
 import shutil
-import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -68,11 +69,13 @@ def mine_pairs(
     rng_seed: int = 0,
     max_pairs: int = 2000,
     n_negatives: int = 3,
+    n_hard: int = 1,
 ) -> list[MinedPair]:
     """Training pairs from the corpus structure, each with `n_negatives` passages of other documents.
 
-    `negatives_for(query, k)` returns the engine's top chunks for the query (BM25 and dense); those of the
-    positive's own document are dropped, and random chunks of other documents fill any shortfall.
+    `n_hard` of them come from `negatives_for(query, k)`, the engine's top chunks for the query (BM25 and
+    dense), those of the positive's own document dropped; random chunks of other documents fill the rest.
+    Only hard negatives teach a model that shared words are not enough, only easy ones that they matter.
     """
     rng = random.Random(rng_seed)
     candidates: list[tuple[str, str, str]] = []
@@ -88,10 +91,10 @@ def mine_pairs(
     pairs: list[MinedPair] = []
     for query, positive, doc_id in candidates:
         negatives: list[str] = []
-        for hit in negatives_for(query, n_negatives * 3):
+        for hit in negatives_for(query, n_hard * 3) if n_hard else []:
             if hit.doc_id != doc_id and hit.text != positive and hit.text not in negatives:
                 negatives.append(hit.text)
-            if len(negatives) == n_negatives:
+            if len(negatives) == min(n_hard, n_negatives):
                 break
         others = [c for c in chunks if c.doc_id != doc_id]
         attempts = 0
@@ -123,20 +126,12 @@ def split_holdout(
     return [p for p in pairs if p.doc_id not in held], [p for p in pairs if p.doc_id in held]
 
 
-def _examples(pairs: Sequence[MinedPair]) -> list[tuple[str, str, float]]:
-    out: list[tuple[str, str, float]] = []
-    for p in pairs:
-        out.append((p.query, p.positive_text, 1.0))
-        out.extend((p.query, neg, 0.0) for neg in p.negative_texts)
-    return out
-
-
 def train_cross_encoder(
     pairs: list[MinedPair],
     base_model: str,
     out_dir: Path,
     time_budget_s: float,
-    batch_size: int = 16,
+    groups_per_batch: int = 4,
     epochs: int = 1,
     progress: Callable[[float], None] | None = None,
     lr: float = 4e-5,
@@ -144,12 +139,15 @@ def train_cross_encoder(
     max_length: int = 128,
     seed: int = 0,
     frozen_layers: int = 0,
-) -> Path:
-    """Fine-tune a one-logit cross-encoder from `base_model` with BCE, stopping when the time budget is spent.
+    num_layers: int = 0,
+) -> dict[str, Any]:
+    """Fine-tune a one-logit cross-encoder from `base_model` with a listwise softmax loss, within a time budget.
 
-    Returns `out_dir`, loadable with `CrossEncoder(str(out_dir))`. `progress` gets the fraction done (0..1).
+    Saves into `out_dir` (loadable with `CrossEncoder(str(out_dir))`) and returns what the training did.
+    `progress` gets the fraction done (0..1).
     The fresh head learns at `head_lr`; the encoder at `lr`, warmed up and then decayed with elapsed time.
     `frozen_layers` keeps the embeddings and that many lower layers fixed: fewer gradients, more steps per second.
+    `num_layers` (0: all) keeps only the base's lower layers, a smaller and faster reranker (as MiniLM-L2 is).
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -158,10 +156,12 @@ def train_cross_encoder(
         raise ValueError("no training pairs: index some documents with headings or multi-sentence passages first")
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1)
-    examples = _examples(pairs)
+    extra: dict[str, Any] = {"num_hidden_layers": num_layers} if num_layers > 0 else {}
+    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, **extra)
+    group_size = 1 + min(len(p.negative_texts) for p in pairs)
+    groups = [MinedPair(p.query, p.positive_text, p.negative_texts[: group_size - 1], p.doc_id) for p in pairs]
     rng = random.Random(seed)
-    steps_per_epoch = math.ceil(len(examples) / batch_size)
+    steps_per_epoch = math.ceil(len(groups) / groups_per_batch)
     total_steps = steps_per_epoch * epochs
     warmup = max(1, min(20, total_steps // 10))
     frozen = ("embeddings.", *(f"encoder.layer.{i}." for i in range(frozen_layers))) if frozen_layers else ()
@@ -171,16 +171,16 @@ def train_cross_encoder(
     body = [p for n, p in model.named_parameters() if not n.startswith("classifier") and p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": head_lr}], weight_decay=0.01)
     base_lrs = [lr, head_lr]
-    n_neg = max(1, round(sum(len(p.negative_texts) for p in pairs) / len(pairs)))
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(n_neg)))  # one positive per n_neg negatives
+    loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
     start = time.perf_counter()
     step = 0
     seen = 0
+    last_loss = float("nan")
     stopped = False
     for _ in range(epochs):
-        rng.shuffle(examples)
-        for i in range(0, len(examples), batch_size):
+        rng.shuffle(groups)
+        for i in range(0, len(groups), groups_per_batch):
             elapsed = time.perf_counter() - start
             if elapsed >= time_budget_s:
                 stopped = True
@@ -189,24 +189,29 @@ def train_cross_encoder(
             scale = min(1.0, (step + 1) / warmup) * max(0.05, 1.0 - done)
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * scale
-            batch = examples[i : i + batch_size]
+            batch = groups[i : i + groups_per_batch]
+            queries = [p.query for p in batch for _ in range(group_size)]
+            texts = [t for p in batch for t in [p.positive_text, *p.negative_texts]]
             enc = tokenizer(
-                [q for q, _, _ in batch],
-                [t for _, t, _ in batch],
+                queries,
+                texts,
                 truncation="longest_first",  # a long heading must not fail a short max_length
                 max_length=max_length,
                 padding=True,
                 return_tensors="pt",
             )
-            logits = model(**enc).logits.view(-1)
-            loss = loss_fn(logits, torch.tensor([y for _, _, y in batch], dtype=torch.float32))
+            # Listwise: each query's positive competes with its own negatives in one softmax (column 0 is the
+            # positive), which learns ranking directly instead of absolute relevance per pair.
+            logits = model(**enc).logits.view(len(batch), group_size)
+            loss = loss_fn(logits, torch.zeros(len(batch), dtype=torch.long))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad()
             step += 1
-            seen += len(batch)
-            log.debug("adapt.step step=%d loss=%.4f", step, loss.item())
+            seen += len(texts)
+            last_loss = float(loss.item())
+            log.debug("adapt.step step=%d loss=%.4f", step, last_loss)
             if progress is not None:
                 progress(min(1.0, max(step / total_steps, (time.perf_counter() - start) / time_budget_s)))
         if stopped:
@@ -224,7 +229,14 @@ def train_cross_encoder(
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    return out_dir
+    return {
+        "steps": step,
+        "pairs_seen": seen,
+        "seconds": round(elapsed, 1),
+        "pairs_per_second": round(seen / elapsed, 2) if elapsed > 0 else 0.0,
+        "budget_hit": stopped,
+        "final_loss": round(last_loss, 4),
+    }
 
 
 def evaluate_ranking(scorer: Scorer, holdout: Sequence[MinedPair]) -> dict[str, float]:
@@ -295,61 +307,110 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return np.asarray(vectors / np.maximum(norms, 1e-12))
 
 
+@dataclass(frozen=True)
+class AdaptSettings:
+    """How `adapt` mines, trains and compares; the time budget bounds the training loop."""
+
+    time_budget_s: float = 600.0
+    max_pairs: int = 3000
+    n_negatives: int = 3
+    n_hard: int = 1  # engine (BM25 + dense) negatives per pair; the rest are random chunks of other documents
+    holdout_fraction: float = 0.2
+    max_length: int = 160  # word pieces per (query, passage) pair in training and in the comparison
+    num_layers: int = 2  # keep the base's lower layers only: 3x faster to train and to serve than all six
+    groups_per_batch: int = 8
+    seed: int = 0
+
+
+ACTIVE_POINTER = "ACTIVE"  # names the folder of the reranker in use, inside the models folder
+
+
+def active_reranker(models_dir: Path) -> Path | None:
+    """The reranker `adapt` last promoted in `models_dir`, or None."""
+    pointer = Path(models_dir) / ACTIVE_POINTER
+    if not pointer.is_file():
+        return None
+    folder = Path(models_dir) / pointer.read_text().strip()
+    return folder if (folder / "config.json").is_file() else None
+
+
+def _promote(models_dir: Path, folder: Path) -> None:
+    """Point ACTIVE at `folder` atomically (write a temp file, rename it over the pointer)."""
+    tmp = models_dir / f".{ACTIVE_POINTER}.tmp"
+    tmp.write_text(folder.name + "\n")
+    tmp.replace(models_dir / ACTIVE_POINTER)
+
+
+def _prune(models_dir: Path, keep: set[Path]) -> None:
+    """Remove earlier rerankers that are neither active nor the newest candidate."""
+    for folder in models_dir.glob("reranker-*"):
+        if folder.is_dir() and folder not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def adapt(
     chunks: list[Chunk],
     negatives_for: NegativesFor,
     base_model: str,
-    out_dir: Path,
-    time_budget_s: float,
+    models_dir: Path,
+    settings: AdaptSettings = AdaptSettings(),
     current: Scorer | None = None,
     embedder: TextEmbedder | None = None,
-    holdout_fraction: float = 0.2,
-    max_pairs: int = 2000,
-    seed: int = 0,
-    max_length: int = 128,
     progress: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
-    """Mine, train, compare on held-back pairs; the new model lands in `out_dir` only if its MRR is higher.
+    """Mine, train, compare on held-back pairs; the new model becomes the active reranker only if its MRR is higher.
 
     `current` scores with the configured reranker; without one, the embedder's cosine is the ranking to beat.
+    The trained candidate stays in `models_dir` either way (`candidate_path`), so it can be inspected.
     """
     started = time.perf_counter()
     if current is None:
         if embedder is None:
             raise ValueError("adapt needs the current reranker's scorer or the embedder to compare against")
         current = cosine_scorer(embedder)
-    pairs = mine_pairs(chunks, negatives_for, rng_seed=seed, max_pairs=max_pairs)
-    train, holdout = split_holdout(pairs, holdout_fraction, seed)
+    s = settings
+    pairs = mine_pairs(
+        chunks, negatives_for, rng_seed=s.seed, max_pairs=s.max_pairs, n_negatives=s.n_negatives, n_hard=s.n_hard
+    )
+    train, holdout = split_holdout(pairs, s.holdout_fraction, s.seed)
     if not train or not holdout:
         raise ValueError(
             f"too few mined pairs to train and compare ({len(pairs)} from {len(chunks)} chunks): index more "
             "documents, with headings or multi-sentence passages"
         )
     before = evaluate_ranking(current, holdout)
-    untrained = evaluate_ranking(cross_encoder_scorer(base_model, max_length), holdout)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    candidate = Path(tempfile.mkdtemp(prefix=".adapt-", dir=out_dir.parent))
-    try:
-        train_cross_encoder(
-            train, base_model, candidate, time_budget_s, epochs=100, progress=progress, max_length=max_length, seed=seed
-        )
-        after = evaluate_ranking(cross_encoder_scorer(str(candidate), max_length), holdout)
-        replaced = after["mrr"] > before["mrr"]
-        if replaced:
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            candidate.rename(out_dir)
-    finally:
-        shutil.rmtree(candidate, ignore_errors=True)
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    candidate = models_dir / f"reranker-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    trained = train_cross_encoder(
+        train,
+        base_model,
+        candidate,
+        s.time_budget_s,
+        groups_per_batch=s.groups_per_batch,
+        epochs=100,
+        progress=progress,
+        max_length=s.max_length,
+        seed=s.seed,
+        num_layers=s.num_layers,
+    )
+    after = evaluate_ranking(cross_encoder_scorer(str(candidate), s.max_length), holdout)
+    replaced = after["mrr"] > before["mrr"]
+    if replaced:
+        _promote(models_dir, candidate)
+    active = active_reranker(models_dir)
+    _prune(models_dir, {candidate, *([active] if active else [])})
     report = {
         "pairs": len(train),
         "holdout": len(holdout),
         "minutes": round((time.perf_counter() - started) / 60.0, 2),
+        "training": trained,
         "before": before,
         "after": after,
-        "untrained": untrained,
         "replaced": replaced,
-        "model_path": str(out_dir) if replaced else None,
+        "model_path": str(candidate) if replaced else None,
+        "candidate_path": str(candidate),
+        "active_path": str(active) if active else None,
     }
     log.info(
         "adapt.done pairs=%d holdout=%d mrr_before=%.3f mrr_after=%.3f replaced=%s",

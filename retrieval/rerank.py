@@ -13,7 +13,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -136,6 +136,13 @@ class Reranker:
                     f"cannot load reranking model {self.settings.model!r}: {exc}. Set the reranker model to a "
                     "local CrossEncoder folder, or to an empty string to disable reranking."
                 ) from exc
+
+    def use_model(self, model: str) -> None:
+        """Switch to another cross-encoder (e.g. one `kb adapt` just promoted); it loads on the next query."""
+        with self._load_lock:
+            self.settings = replace(self.settings, model=model)
+            self._model = None
+        log.info("reranker.switched model=%s", model)
 
     @property
     def model(self) -> CrossEncoder:
