@@ -105,13 +105,17 @@ def _follow(fetch: Any, show: bool = True) -> dict[str, Any]:
     while True:
         job: dict[str, Any] = fetch()
         if show and sys.stderr.isatty():
-            total, done = job["docs_total"] or 0, job["docs_done"] + job["docs_failed"]
             width = 30
-            filled = int(width * done / total) if total else 0
-            sys.stderr.write(
-                f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} docs, "
-                f"{job['chunks_indexed']} chunks, {job['status']}   "
-            )
+            if job["kind"] == "adapt":
+                detail = job.get("detail") or {}
+                fraction = float(detail.get("fraction") or 0.0)
+                line = f"{fraction:.0%} {detail.get('stage', '')}, {job['status']}"
+            else:
+                total, done = job["docs_total"] or 0, job["docs_done"] + job["docs_failed"]
+                fraction = done / total if total else 0.0
+                line = f"{done}/{total} docs, {job['chunks_indexed']} chunks, {job['status']}"
+            filled = int(width * fraction)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {line}   ")
             sys.stderr.flush()
         if job["status"] in {"succeeded", "failed", "cancelled"}:
             if show and sys.stderr.isatty():
@@ -129,6 +133,65 @@ def _report(job: dict[str, Any]) -> None:
         typer.echo(f"  failed: {failure['path']}: {failure['reason']}")
     if job["status"] == "failed":
         _fail(job.get("error") or "job failed")
+
+
+def _report_adapt(job: dict[str, Any]) -> None:
+    report = (job.get("detail") or {}).get("report")
+    if job["status"] != "succeeded" or not report:
+        _fail(job.get("error") or f"adaptation {job['status']}")
+        return
+    before, after = report["before"], report["after"]
+    typer.echo(
+        f"trained on {report['pairs']} mined pairs in {report['minutes']} min; held-back pairs ({report['holdout']}): "
+        f"MRR {before['mrr']:.3f} now -> {after['mrr']:.3f} trained (chance {after['chance_mrr']:.3f})"
+    )
+    if report["replaced"]:
+        typer.echo(f"the new reranker is in use: {report['model_path']}")
+    else:
+        typer.echo(f"kept the current ranking; the candidate stays at {report['candidate_path']}")
+
+
+@cli.command()
+def adapt(
+    minutes: Annotated[
+        float | None, typer.Option(help="Training time budget (default KB_ADAPT_BUDGET_SECONDS).")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the job and show progress.")] = True,
+) -> None:
+    """Train a reranker on pairs mined from your indexed documents; it is used only if it ranks better."""
+    settings = Settings()
+    if minutes is not None and not 0 < minutes <= 240:
+        _fail("--minutes must be more than 0 and at most 240")
+    if server_running(settings):
+        try:
+            client = KbClient(settings)
+            job = client.call("POST", "/v1/reranker/adapt", {"minutes": minutes})
+            typer.echo(f"job {job['id']} queued on {settings.server_url}")
+            if wait:
+                _report_adapt(_follow(lambda: client.call("GET", f"/v1/jobs/{job['id']}")))
+        except ClientError as exc:
+            _fail(str(exc))
+        return
+    from ingestion import catalog
+
+    container = _container(settings)
+    try:
+        with container.sessions() as db:
+            try:
+                job_id = catalog.open_adapt(db, (minutes * 60.0) if minutes else settings.adapt_budget_seconds).id
+            except catalog.CatalogError as exc:
+                _fail(str(exc))
+
+        def fetch() -> dict[str, Any]:
+            with container.sessions() as db:
+                return catalog.get_job(db, job_id).progress()
+
+        runner = threading.Thread(target=container.run_inline, args=(job_id,), daemon=True)
+        runner.start()
+        _report_adapt(_follow(fetch, show=wait))
+        runner.join()
+    finally:
+        container.close()
 
 
 def _principal(groups: list[str] | None) -> Principal:

@@ -5,16 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from pathlib import Path
 
-from celery import Celery
+from celery import Celery, Task
 
 from app.db import init_db
 from app.services import AnswerService, SearchService
 from app.settings import Settings
 from ingestion import catalog
-from ingestion.celery_app import configure_celery, ingest_job, set_pipeline
+from ingestion.adapt_job import AdaptRunner
+from ingestion.celery_app import adapt_job, configure_celery, ingest_job, set_pipeline
 from ingestion.models import Source, utcnow
 from ingestion.pipeline import IngestPipeline
+from retrieval.adapt import Scorer, active_reranker, cross_encoder_scorer
 from retrieval.embedder import make_embedder
 from retrieval.rerank import Reranker, RerankSettings
 from retrieval.search import Retriever
@@ -41,7 +44,7 @@ class Container:
         self.search = SearchService(self.retriever)
         self.reranker = Reranker(
             RerankSettings(
-                model=settings.rerank_model,
+                model=settings.rerank_model or str(active_reranker(settings.models_dir) or ""),
                 max_depth=settings.rerank_depth,
                 latency_budget_ms=settings.rerank_budget_ms,
             )
@@ -61,6 +64,17 @@ class Container:
             max_file_bytes=settings.max_file_bytes,
             work_dir=settings.data_dir,
         )
+        self.adapter = AdaptRunner(
+            self.sessions,
+            self.store,
+            self.retriever,
+            self.embedder,
+            base_model=settings.adapt_base_model or settings.index.embedder.resolved_model(),
+            models_dir=settings.models_dir,
+            settings=settings.adapt,
+            current=self._current_scorer,
+            on_promoted=self._use_reranker,
+        )
         self.celery: Celery = configure_celery(settings.broker)
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -76,21 +90,37 @@ class Container:
             # Start anyway: /readyz and every query say 503 with the reason until Qdrant answers.
             log.error("qdrant.unavailable at_start error=%s", exc)
 
+    def _current_scorer(self) -> Scorer | None:
+        """What a newly trained reranker must beat: the reranker in use, else (None) the embedder's cosine."""
+        return cross_encoder_scorer(self.reranker.settings.model) if self.reranker.enabled else None
+
+    def _use_reranker(self, path: Path) -> None:
+        if self.settings.rerank_model:
+            log.warning("reranker.promoted path=%s kept_configured=%s", path, self.settings.rerank_model)
+            return  # an explicitly configured model wins over what adapt trained
+        self.reranker.use_model(str(path))
+
+    def _task(self, job_id: str) -> Task:
+        with self.sessions() as db:
+            job = catalog.get_job(db, job_id)
+            return adapt_job if job.kind == "adapt" else ingest_job
+
     def enqueue(self, job_id: str) -> None:
+        task = self._task(job_id)
         try:
-            ingest_job.apply_async(args=[job_id], retry=False)
+            task.apply_async(args=[job_id], retry=False)
         except Exception as exc:  # kombu raises OperationalError and friends
             raise BrokerUnavailable(f"the task broker is not reachable ({exc}); is Redis running?") from exc
 
     def run_inline(self, job_id: str) -> dict[str, object]:
         """Run a job in this process through the same task code (the CLI with no server)."""
-        set_pipeline(self.pipeline)
-        result = ingest_job.apply(args=[job_id], throw=True)
+        set_pipeline(self.pipeline, self.adapter)
+        result = self._task(job_id).apply(args=[job_id], throw=True)
         return dict(result.get())
 
     def start_worker(self) -> None:
         """A Celery worker in a thread of this process, which owns the shard (notes/celery-embedded.md)."""
-        set_pipeline(self.pipeline)
+        set_pipeline(self.pipeline, self.adapter)
         app = self.celery
 
         def run() -> None:
@@ -123,7 +153,7 @@ class Container:
         """
         cutoff = utcnow() - dt.timedelta(seconds=self.settings.job_stale_seconds)
         with self.sessions() as db:
-            stale = [j for j in catalog.stale_jobs(db, cutoff) if not self.pipeline.is_running(j)]
+            stale = [j for j in catalog.stale_jobs(db, cutoff) if not self._running_here(j)]
         for job_id in stale:
             log.warning("job.requeue job=%s reason=no_progress_for_%ss", job_id, self.settings.job_stale_seconds)
             try:
@@ -132,6 +162,9 @@ class Container:
             except BrokerUnavailable as exc:
                 log.error("job.requeue_failed job=%s error=%s", job_id, exc)
         return stale
+
+    def _running_here(self, job_id: str) -> bool:
+        return self.pipeline.is_running(job_id) or self.adapter.is_running(job_id)
 
     def _watch_jobs(self) -> None:
         while not self._stopping.wait(self.settings.job_watchdog_seconds):

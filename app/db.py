@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import Column, Table, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,8 +32,16 @@ class SchemaOutdated(RuntimeError):
     """The database was created by an older version whose tables lack columns this version needs."""
 
 
+def _add_nullable_columns(engine: Engine, table: Table, columns: list[Column[Any]]) -> None:
+    """Columns added since a database was made, when nullable, are added in place (old rows read NULL)."""
+    for column in columns:
+        kind = column.type.compile(dialect=engine.dialect)
+        with engine.begin() as conn:
+            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind} NULL'))
+
+
 def init_db(url: str) -> sessionmaker[Session]:
-    """Create missing tables and refuse, with what to do, a database whose existing tables are outdated."""
+    """Create missing tables, add new nullable columns, and refuse, with what to do, any other outdated table."""
     engine = make_engine(url)
     inspector = inspect(engine)
     for metadata in (IngestionBase.metadata, AppBase.metadata):
@@ -42,6 +50,8 @@ def init_db(url: str) -> sessionmaker[Session]:
                 continue
             present = {c["name"] for c in inspector.get_columns(table.name)}
             missing = sorted(c.name for c in table.columns if c.name not in present)
+            _add_nullable_columns(engine, table, [c for c in table.columns if c.name in missing and c.nullable])
+            missing = sorted(c.name for c in table.columns if c.name in missing and not c.nullable)
             if missing:
                 raise SchemaOutdated(
                     f"table {table.name!r} in {engine.url!r} lacks columns {missing}: it was made by an older "

@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingestion.celery_app import BrokerSettings
+from retrieval.adapt import AdaptSettings
 from retrieval.settings import EmbedderSettings, FusionSettings, IndexSettings
 
 
@@ -46,9 +47,13 @@ class Settings(BaseSettings):
     max_top_k: int = 100
     answer_sentences: int = 4  # at most this many quoted sentences in an extractive answer
     answer_budget_tokens: int = 120  # extractive answers: the best sentences within this many tokens
-    rerank_model: str = ""  # a CrossEncoder name or path (e.g. one `kb adapt` trained); empty: no reranking
+    rerank_model: str = ""  # a CrossEncoder name or path; empty: the one `kb adapt` promoted, if any
     rerank_depth: int = 20
     rerank_budget_ms: float = 1500.0  # rerank depth shrinks to what fits this budget at measured pairs/s
+    adapt_budget_seconds: float = 600.0  # `kb adapt`: training time budget (the whole job takes a little longer)
+    adapt_base_model: str = ""  # the weights a reranker is trained from; empty: the packaged all-MiniLM-L6-v2
+    adapt_layers: int = AdaptSettings.num_layers  # lower layers of the base kept in the trained reranker
+    adapt_max_pairs: int = AdaptSettings.max_pairs
     rrf_k: int = FusionSettings.rrf_k
     bm25_weight: float = FusionSettings.bm25_weight
     fusion_adaptive: bool = FusionSettings.adaptive
@@ -80,6 +85,17 @@ class Settings(BaseSettings):
                 dense_prefetch=self.prefetch,
                 bm25_prefetch=self.prefetch,
             ),
+        )
+
+    @property
+    def models_dir(self) -> Path:
+        """Where `kb adapt` keeps trained rerankers and the pointer to the active one."""
+        return self.data_dir / "models"
+
+    @property
+    def adapt(self) -> AdaptSettings:
+        return AdaptSettings(
+            time_budget_s=self.adapt_budget_seconds, num_layers=self.adapt_layers, max_pairs=self.adapt_max_pairs
         )
 
     @property

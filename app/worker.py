@@ -19,5 +19,5 @@ if settings.index.backend != "server":
 configure_logging(settings.log_level)
 container = Container(settings)
 container.warm_up()
-set_pipeline(container.pipeline)
+set_pipeline(container.pipeline, container.adapter)
 celery_app = container.celery

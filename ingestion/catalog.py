@@ -138,6 +138,21 @@ def open_rebuild(db: Session) -> Job:
     return job
 
 
+def open_adapt(db: Session, time_budget_s: float) -> Job:
+    """Train a reranker on pairs mined from the index; at most one such job runs or waits at a time."""
+    busy = db.scalars(
+        select(Job.id).where(Job.kind == "adapt", Job.status.in_(["queued", "running", "cancelling"]))
+    ).first()
+    if busy is not None:
+        raise Conflict(f"reranker adaptation {busy} is still running; wait for it or cancel it")
+    job = Job(
+        id=uuid.uuid4().hex, source_id=None, kind="adapt", status="queued", detail={"time_budget_s": time_budget_s}
+    )
+    db.add(job)
+    db.commit()
+    return job
+
+
 def open_retry(db: Session, job_id: str) -> Job:
     """A job that retries only the documents an earlier job failed on."""
     previous = get_job(db, job_id)
@@ -147,7 +162,7 @@ def open_retry(db: Session, job_id: str) -> Job:
     if not paths:
         raise Conflict(f"job {job_id} has no failed documents to retry")
     if previous.source_id is None:
-        raise Conflict("a rebuild cannot be retried document by document; start a new rebuild")
+        raise Conflict(f"a {previous.kind} job cannot be retried document by document; start a new one")
     job = Job(id=uuid.uuid4().hex, source_id=previous.source_id, kind="retry", only_paths=paths, status="queued")
     db.add(job)
     db.commit()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from celery import Celery
 
+from ingestion.adapt_job import AdaptRunner
 from ingestion.pipeline import IngestPipeline
 from retrieval.store import StoreUnavailable
 
@@ -15,6 +16,7 @@ log = logging.getLogger(__name__)
 
 celery_app = Celery("kb")
 _pipeline: IngestPipeline | None = None
+_adapter: AdaptRunner | None = None
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,11 @@ def configure_celery(settings: BrokerSettings) -> Celery:
     return celery_app
 
 
-def set_pipeline(pipeline: IngestPipeline | None) -> None:
-    """The process that owns the index hands its pipeline to the task code."""
-    global _pipeline
+def set_pipeline(pipeline: IngestPipeline | None, adapter: AdaptRunner | None = None) -> None:
+    """The process that owns the index hands its pipeline (and its reranker adaptation) to the task code."""
+    global _pipeline, _adapter
     _pipeline = pipeline
+    _adapter = adapter
 
 
 @celery_app.task(
@@ -86,3 +89,18 @@ def ingest_job(job_id: str) -> dict[str, object]:
     if _pipeline is None:
         raise RuntimeError("no ingestion pipeline in this process; start `kb serve` or `kb worker`")
     return _pipeline.run_job(job_id)
+
+
+@celery_app.task(
+    name="kb.adapt_job",
+    acks_late=True,
+    autoretry_for=(StoreUnavailable, ConnectionError),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=5,
+)
+def adapt_job(job_id: str) -> dict[str, object]:
+    """Train a reranker on pairs mined from the index and promote it if it ranks held-back pairs better."""
+    if _adapter is None:
+        raise RuntimeError("no reranker adaptation in this process; start `kb serve` or `kb worker`")
+    return _adapter.run_job(job_id)

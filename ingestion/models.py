@@ -56,7 +56,7 @@ class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     source_id: Mapped[str | None] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(16), default="incremental")  # incremental | retry | rebuild
+    kind: Mapped[str] = mapped_column(String(16), default="incremental")  # incremental | retry | rebuild | adapt
     only_paths: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # retry: just these files
     status: Mapped[str] = mapped_column(String(16), default="queued")
     docs_total: Mapped[int] = mapped_column(Integer, default=0)
@@ -72,6 +72,8 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Jobs that are not document-by-document (reranker adaptation): fraction done and the final report.
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     def progress(self) -> dict[str, Any]:
         processed = self.docs_done + self.docs_failed
@@ -96,6 +98,7 @@ class Job(Base):
             "chunks_indexed": self.chunks_indexed,
             "chunks_embedded": self.chunks_embedded,
             "error": self.error,
+            "detail": self.detail or {},
             "created_at": self.created_at.isoformat() if self.created_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
         }

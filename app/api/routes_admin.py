@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import AdminDep, ContainerDep
 from app.api.errors import ApiError
-from app.api.schemas import JobOut, SourceIn, SourceOut, SourcePatch
+from app.api.schemas import AdaptIn, JobOut, RerankerOut, SourceIn, SourceOut, SourcePatch
 from app.container import Container
 from ingestion import catalog
 from ingestion.models import Job, Source
@@ -135,6 +135,23 @@ def reindex(name: str, _: AdminDep, container: ContainerDep) -> JobOut:
 def rebuild(_: AdminDep, container: ContainerDep) -> JobOut:
     """Full re-index of every source into a new index version, switched in atomically once checked."""
     return _queue(container, catalog.open_rebuild)
+
+
+@router.post("/reranker/adapt", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED)
+def adapt_reranker(_: AdminDep, container: ContainerDep, body: AdaptIn | None = None) -> JobOut:
+    """Train a reranker on pairs mined from the index, within a time budget; it replaces the reranker in use
+    only if it ranks held-back pairs better. Follow it with GET /v1/jobs/{id} (`detail` has the report)."""
+    minutes = body.minutes if body and body.minutes else None
+    budget = minutes * 60.0 if minutes else container.settings.adapt_budget_seconds
+    return _queue(container, lambda db: catalog.open_adapt(db, budget))
+
+
+@router.get("/reranker", response_model=RerankerOut)
+def reranker(_: AdminDep, container: ContainerDep) -> RerankerOut:
+    """Which cross-encoder reranks answers now, and where it came from."""
+    model = container.reranker.settings.model
+    source = "none" if not model else "configured" if model == container.settings.rerank_model else "adapted"
+    return RerankerOut(model=model, source=source, pairs_per_second=round(container.reranker.pairs_per_second, 1))
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)

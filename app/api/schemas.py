@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,9 +51,22 @@ class JobOut(BaseModel):
     chunks_indexed: int
     chunks_embedded: int
     error: str
+    detail: dict[str, Any] = {}  # adapt jobs: fraction done, stage, and at the end the comparison report
     created_at: str | None
     finished_at: str | None
     failures: list[dict[str, str]] = []
+
+
+class AdaptIn(BaseModel):
+    minutes: float | None = Field(
+        None, gt=0, le=240, description="training time budget; default KB_ADAPT_BUDGET_SECONDS"
+    )
+
+
+class RerankerOut(BaseModel):
+    model: str  # the cross-encoder in use; empty: reranking is off
+    source: str  # configured (KB_RERANK_MODEL) | adapted (promoted by `kb adapt`) | none
+    pairs_per_second: float
 
 
 class SearchIn(BaseModel):
