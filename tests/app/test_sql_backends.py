@@ -65,3 +65,22 @@ def test_keys_sources_jobs_and_documents_round_trip(sessions: sessionmaker[Sessi
     with sessions() as db:
         assert db.get(Document, "handbook:a.md").acl == ["hr"]  # type: ignore[union-attr]
         assert catalog.get_job(db, job.id).progress()["status"] == "queued"
+
+
+def test_a_database_from_before_a_new_nullable_column_is_upgraded_in_place(sessions: sessionmaker[Session]) -> None:
+    engine = sessions.kw["bind"]
+    with sessions() as db:
+        catalog.create_source(db, "handbook", "/srv/handbook", ["eng"])
+        old_job = catalog.open_job(db, "handbook").id
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN detail"))  # as the previous version created it
+
+    upgraded = init_db(engine.url.render_as_string(hide_password=False))
+
+    with upgraded() as db:
+        assert catalog.get_job(db, old_job).progress()["detail"] == {}
+        adapt = catalog.open_adapt(db, 60.0)
+        assert catalog.get_job(db, adapt.id).detail == {"time_budget_s": 60.0}
+        with pytest.raises(catalog.Conflict):
+            catalog.open_adapt(db, 60.0)  # one adaptation at a time
+    upgraded.kw["bind"].dispose()
