@@ -47,6 +47,9 @@ class Container:
                 model=settings.rerank_model or str(active_reranker(settings.models_dir) or ""),
                 max_depth=settings.rerank_depth,
                 latency_budget_ms=settings.rerank_budget_ms,
+                backend=settings.rerank_backend,
+                onnx_int8=settings.rerank_onnx_int8,
+                cache_dir=str(settings.data_dir / "onnx"),
             )
         )
         self.answers = AnswerService(

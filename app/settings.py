@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     answer_budget_tokens: int = 120  # extractive answers: the best sentences within this many tokens
     rerank_model: str = ""  # a CrossEncoder name or path; empty: the one `kb adapt` promoted, if any
     rerank_depth: int = 20
+    rerank_backend: str = "torch"  # torch | onnx (ONNX Runtime, exported once into the data dir)
+    rerank_onnx_int8: bool = False
     rerank_budget_ms: float = 1500.0  # rerank depth shrinks to what fits this budget at measured pairs/s
     adapt_budget_seconds: float = 600.0  # `kb adapt`: training time budget (the whole job takes a little longer)
     adapt_base_model: str = ""  # the weights a reranker is trained from; empty: the packaged all-MiniLM-L6-v2

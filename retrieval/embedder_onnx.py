@@ -141,14 +141,23 @@ def export_path(settings: EmbedderSettings, model_dir: Path, local: bool) -> Pat
     raise OnnxEmbedderError(f"no writable folder for the ONNX export among {candidates}; set cache_dir")
 
 
-def export_onnx(layout: ModelLayout, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
-    """Trace the transformer to ONNX (opset 17, dynamic batch and sequence axes) at `target`."""
-    import torch
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
+def trace_to_onnx(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    target: Path,
+    output: str,
+    name: str,
+    sample: dict[str, Any],
+    per_token: bool = True,
+) -> None:
+    """Trace a transformers model to ONNX (opset 17, dynamic batch and sequence axes) at `target`.
 
-    hf_logging.disable_progress_bar()
-    model = AutoModel.from_pretrained(str(layout.transformer_dir), dtype=torch.float32, attn_implementation="eager")
+    `output` is the attribute of the model's output that becomes the graph's one output, called `name`
+    (`last_hidden_state` for an embedder, `logits` for a cross-encoder, with `per_token=False`); `sample` is
+    a tokenizer batch to trace with.
+    """
+    import torch
+
     model.eval()
     input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
 
@@ -159,12 +168,11 @@ def export_onnx(layout: ModelLayout, tokenizer: PreTrainedTokenizerBase, target:
             self.model = model
 
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-            return self.model(**dict(zip(input_names, tensors, strict=True))).last_hidden_state
+            return getattr(self.model(**dict(zip(input_names, tensors, strict=True))), output)
 
-    # Two rows of different lengths so the traced graph keeps the padding mask.
-    sample = tokenizer(["a sentence of several words to embed", "short"], padding=True, return_tensors="pt")
     dummy = tuple(sample[name].to(torch.int64) for name in input_names)
-    axes = {name: {0: "batch", 1: "sequence"} for name in [*input_names, "token_embeddings"]}
+    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in input_names}
+    axes[name] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
     # The tracer warns about shape-dependent branches that are constant for an encoder (mask length == sequence).
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -173,11 +181,24 @@ def export_onnx(layout: ModelLayout, tokenizer: PreTrainedTokenizerBase, target:
             dummy,
             str(target),
             input_names=input_names,
-            output_names=["token_embeddings"],
+            output_names=[name],
             dynamic_axes=axes,
             opset_version=_OPSET,
             dynamo=False,
         )
+
+
+def export_onnx(layout: ModelLayout, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
+    """The embedder's transformer as ONNX with per-token outputs (`last_hidden_state`) at `target`."""
+    import torch
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model = AutoModel.from_pretrained(str(layout.transformer_dir), dtype=torch.float32, attn_implementation="eager")
+    # Two rows of different lengths so the traced graph keeps the padding mask.
+    sample = tokenizer(["a sentence of several words to embed", "short"], padding=True, return_tensors="pt")
+    trace_to_onnx(model, tokenizer, target, "last_hidden_state", "token_embeddings", sample)
 
 
 def quantize_int8(source: Path, target: Path) -> None:

