@@ -30,9 +30,15 @@ typecheck: $(STAMP)
 test: $(STAMP) services lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
 
-eval: $(STAMP)  ## retrieval benchmark on the dev sets
-	$(BIN)/python -m evals retrieval --dataset ../shared/eval/django_faq --out results/django_faq.json
-	$(BIN)/python -m evals retrieval --dataset ../shared/eval/sqlalchemy_faq --out results/sqlalchemy_faq.json
+EVAL_SETS := ../shared/eval/django_faq ../shared/eval/sqlalchemy_faq
+EVAL_MODES := bm25,dense,hybrid,hybrid_rerank
+
+eval: $(STAMP)  ## quality benchmarks on the dev sets: four retrieval modes (adapting a reranker once), compression
+	for set in $(EVAL_SETS); do \
+	  HF_HUB_OFFLINE=1 $(BIN)/python -m evals retrieval --dataset $$set --modes $(EVAL_MODES) \
+	    --out results/$$(basename $$set).json || exit 1; \
+	  HF_HUB_OFFLINE=1 $(BIN)/python -m evals compress --dataset $$set --out results/$$(basename $$set)-compress.json || exit 1; \
+	done
 
 clean:
 	rm -rf data .pytest_cache .mypy_cache .ruff_cache

@@ -10,17 +10,25 @@ from pathlib import Path
 from typing import Any
 
 from evals.ingest_bench import add_parser as add_ingest_parser
+from retrieval.adapt import AdaptSettings
+from retrieval.rerank import RerankSettings
 from retrieval.settings import IndexSettings
-from retrieval.types import SearchMode
 
 DEFAULT_CACHE = Path(".cache/evals")
 
 
-def _modes(value: str) -> list[SearchMode]:
-    try:
-        return [SearchMode(name.strip()) for name in value.split(",") if name.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}; choose from {', '.join(m.value for m in SearchMode)}") from exc
+def _modes(value: str) -> list[str]:
+    from evals.retrieval_bench import EVAL_MODES
+
+    modes = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [m for m in modes if m not in EVAL_MODES]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"unknown mode(s) {unknown or value!r}; choose from {', '.join(EVAL_MODES)}")
+    return modes
+
+
+def _adapt_settings(args: argparse.Namespace) -> AdaptSettings:
+    return AdaptSettings(time_budget_s=args.adapt_minutes * 60.0, num_layers=args.adapt_layers)
 
 
 def _write(path: Path | None, payload: Any) -> None:
@@ -38,7 +46,15 @@ def _retrieval(args: argparse.Namespace) -> int:
     results = []
     for path in args.dataset:
         result = benchmark(
-            load_beir(path), IndexSettings(), args.cache_dir, args.modes, reference=not args.no_reference
+            load_beir(path),
+            IndexSettings(),
+            args.cache_dir,
+            args.modes,
+            reference=not args.no_reference,
+            rerank=RerankSettings(
+                model=args.rerank_model or "", max_depth=args.rerank_depth, latency_budget_ms=args.rerank_budget_ms
+            ),
+            adapt_settings=_adapt_settings(args),
         )
         print(format_table(result), end="\n\n")
         results.append(result)
@@ -56,6 +72,35 @@ def _fusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compress(args: argparse.Namespace) -> int:
+    from evals.beir import load_beir
+    from evals.compress_bench import compression_curve, format_curve
+
+    results = []
+    for path in args.dataset:
+        result = compression_curve(
+            load_beir(path),
+            IndexSettings(),
+            args.cache_dir,
+            passages=args.passages,
+            rerank=RerankSettings(model=args.rerank_model or ""),
+        )
+        print(format_curve(result), end="\n\n")
+        results.append(result)
+    _write(args.out, results[0] if len(results) == 1 else results)
+    return 0
+
+
+def _rerank_speed(args: argparse.Namespace) -> int:
+    from evals.beir import load_beir
+    from evals.rerank_speed import format_speed, rerank_speed
+
+    result = rerank_speed(load_beir(args.dataset), IndexSettings(), args.cache_dir, args.model, args.queries)
+    print(format_speed(result))
+    _write(args.out, result)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the subcommand and run it; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="python -m evals", description=__doc__)
@@ -64,10 +109,20 @@ def main(argv: list[str] | None = None) -> int:
 
     retrieval = sub.add_parser("retrieval", help="nDCG/MRR/recall and latency of bm25, dense, hybrid (+ rank-bm25)")
     retrieval.add_argument("--dataset", type=Path, action="append", required=True, help="BEIR folder (repeatable)")
-    retrieval.add_argument("--modes", type=_modes, default=_modes("bm25,dense,hybrid"))
+    retrieval.add_argument(
+        "--modes",
+        type=_modes,
+        default="bm25,dense,hybrid",
+        help="any of " + ", ".join(("bm25", "dense", "hybrid", "hybrid_rerank")),
+    )
     retrieval.add_argument("--out", type=Path, help="write the result as JSON here")
     retrieval.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where indexed shards are kept")
     retrieval.add_argument("--no-reference", action="store_true", help="skip the rank-bm25 reference row")
+    retrieval.add_argument("--rerank-model", help="CrossEncoder for hybrid_rerank; default: train one (kb adapt)")
+    retrieval.add_argument("--rerank-depth", type=int, default=RerankSettings.max_depth, help="most hits reranked")
+    retrieval.add_argument("--rerank-budget-ms", type=float, default=RerankSettings.latency_budget_ms)
+    retrieval.add_argument("--adapt-minutes", type=float, default=10.0, help="training budget when adapting")
+    retrieval.add_argument("--adapt-layers", type=int, default=AdaptSettings.num_layers, help="layers kept")
     retrieval.set_defaults(func=_retrieval)
 
     fusion = sub.add_parser("fusion", help="hybrid quality over RRF k x BM25 weight, the adaptive rule and DBSF")
@@ -75,6 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     fusion.add_argument("--out", type=Path, help="write the curve as JSON here")
     fusion.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where indexed shards are kept")
     fusion.set_defaults(func=_fusion)
+    comp = sub.add_parser("compress", help="tokens kept vs reference-answer words kept, per context budget")
+    comp.add_argument("--dataset", type=Path, action="append", required=True, help="BEIR folder (repeatable)")
+    comp.add_argument("--passages", type=int, default=5, help="top passages compressed per query")
+    comp.add_argument("--rerank-model", help="rerank the passages with this CrossEncoder first")
+    comp.add_argument("--out", type=Path, help="write the curve as JSON here")
+    comp.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where indexed shards are kept")
+    comp.set_defaults(func=_compress)
+    speed = sub.add_parser("rerank-speed", help="cross-encoder pairs/s: torch vs ONNX Runtime fp32 and int8")
+    speed.add_argument("--dataset", type=Path, required=True, help="BEIR folder the pairs come from")
+    speed.add_argument("--model", help="CrossEncoder folder; default: MiniLM-L6 with a fresh head (speed only)")
+    speed.add_argument("--queries", type=int, default=20, help="questions, each with its top 20 hybrid hits")
+    speed.add_argument("--out", type=Path, help="write the result as JSON here")
+    speed.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where indexed shards are kept")
+    speed.set_defaults(func=_rerank_speed)
     add_ingest_parser(sub)
 
     args = parser.parse_args(argv)

@@ -75,3 +75,13 @@ def load_beir(path: Path | str, split: str = "test") -> BeirDataset:
     return BeirDataset(
         name=root.resolve().name, path=root, corpus=corpus, queries=queries, qrels=qrels, corpus_sha256=digest
     )
+
+
+def reference_answers(dataset: BeirDataset) -> dict[str, str]:
+    """Query id -> reference answer text from queries.jsonl `metadata.answer`, where the dataset has one."""
+    out: dict[str, str] = {}
+    for row in _read_jsonl(dataset.path / "queries.jsonl"):
+        metadata = row.get("metadata")
+        if isinstance(metadata, dict) and metadata.get("answer"):
+            out[str(row["_id"])] = str(metadata["answer"])
+    return out

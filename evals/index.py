@@ -85,6 +85,11 @@ def _write(store: EdgeStore, chunks: list[Chunk], embedder: Embedder) -> None:
     )
 
 
+def index_root(dataset: BeirDataset, settings: IndexSettings, cache_dir: Path) -> Path:
+    """The cache folder of this corpus under these settings (the shard, and what is trained on it)."""
+    return Path(cache_dir) / f"{dataset.name}-{index_key(dataset, settings)}"
+
+
 def build_index(
     dataset: BeirDataset,
     settings: IndexSettings,
@@ -98,7 +103,7 @@ def build_index(
     marker file and is rebuilt.
     """
     embedder = embedder or Embedder(settings.embedder)
-    root = Path(cache_dir) / f"{dataset.name}-{index_key(dataset, settings)}"
+    root = index_root(dataset, settings, cache_dir)
     shard_dir = root / "shard"
     if (root / _MARKER).is_file():
         store = EdgeStore(settings, path=shard_dir)

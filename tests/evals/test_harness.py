@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from evals.__main__ import main
 from evals.beir import load_beir
 from evals.index import build_index
@@ -94,3 +96,75 @@ def test_index_is_built_once_and_reused(tmp_path: Path, embedder: Embedder) -> N
     assert again.count() == chunks
     assert embedder.texts_embedded == embedded, "a cached index must not embed the corpus again"
     again.close()
+
+
+def test_hybrid_rerank_mode_reports_its_stages_and_reranker(tmp_path: Path, tiny_cross_encoder: Path) -> None:
+    dataset = write_beir(tmp_path / "tiny")
+    out = tmp_path / "rerank.json"
+
+    code = main(
+        [
+            "retrieval", "--dataset", str(dataset), "--modes", "hybrid,hybrid_rerank", "--no-reference",
+            "--rerank-model", str(tiny_cross_encoder), "--rerank-depth", "5", "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"),
+        ]
+    )  # fmt: skip
+
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert set(result["modes"]) == {"hybrid", "hybrid_rerank"}
+    assert set(result["modes"]["hybrid_rerank"]) == METRICS
+    # A reranker only reorders the head: recall deep in the list is the hybrid's.
+    assert result["modes"]["hybrid_rerank"]["recall@100"] == result["modes"]["hybrid"]["recall@100"]
+    stages = result["stages"]["hybrid_rerank"]
+    assert set(stages) == {"retrieve", "rerank"}
+    assert stages["rerank"]["p50_ms"] > 0
+    assert result["rerank"]["model"] == str(tiny_cross_encoder)
+    assert result["rerank"]["max_depth"] == 5
+    assert result["rerank"]["pairs_per_second"] > 0
+
+
+def test_unknown_mode_is_refused_with_the_choices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["retrieval", "--dataset", str(tmp_path), "--modes", "hybrid,colbert"])
+    assert "hybrid_rerank" in capsys.readouterr().err
+
+
+def test_compression_curve_keeps_answers_within_budget(tmp_path: Path) -> None:
+    dataset = write_beir(tmp_path / "tiny")
+    rows = [json.loads(line) for line in (dataset / "queries.jsonl").read_text().splitlines()]
+    with (dataset / "queries.jsonl").open("w") as handle:
+        for row in rows:
+            answer = DOCS[QUERIES[row["_id"]][1]]
+            handle.write(json.dumps({**row, "metadata": {"answer": answer}}) + "\n")
+    out = tmp_path / "compress.json"
+
+    code = main(
+        [
+            "compress",
+            "--dataset",
+            str(dataset),
+            "--passages",
+            "3",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ]
+    )
+
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["queries"] == 3 and result["queries_with_answer_in_passages"] == 3
+    curve = {row["budget_fraction"]: row for row in result["curve"]}
+    for fraction, row in curve.items():
+        assert row["tokens_kept"] <= fraction + 1e-9, row
+    assert curve[1.0]["answer_words_kept"] == 1.0, "with the whole budget nothing is dropped"
+    kept = [curve[f]["answer_words_kept"] for f in sorted(curve)]
+    assert kept[0] < 1.0, "at 10% of the tokens some answer words must be gone"
+    assert curve[0.4]["answer_words_kept"] > curve[0.1]["answer_words_kept"]
+
+
+def test_compression_curve_needs_reference_answers(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="metadata.answer"):
+        main(["compress", "--dataset", str(write_beir(tmp_path / "tiny")), "--cache-dir", str(tmp_path / "c")])
