@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from retrieval.compress import compress
+from retrieval.compress import QUOTE_RANK_PRIOR, compress
 from retrieval.embedder import TextEmbedder
 from retrieval.rerank import Reranker
 from retrieval.search import Retriever
@@ -77,6 +77,7 @@ class AnswerService:
             query_vec=self.embedder.embed_query(question),
             count_tokens=self.embedder.count_tokens,
             budget_tokens=self.budget_tokens,
+            rank_prior=QUOTE_RANK_PRIOR,
         )
         usage.stages_ms["compress"] = (time.perf_counter() - t2) * 1000
         # An answer quotes only the few sentences that are close to the best one, not the whole budget.

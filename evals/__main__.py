@@ -84,6 +84,7 @@ def _compress(args: argparse.Namespace) -> int:
             args.cache_dir,
             passages=args.passages,
             rerank=RerankSettings(model=args.rerank_model or ""),
+            rank_prior=args.rank_prior,
         )
         print(format_curve(result), end="\n\n")
         results.append(result)
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--dataset", type=Path, action="append", required=True, help="BEIR folder (repeatable)")
     comp.add_argument("--passages", type=int, default=5, help="top passages compressed per query")
     comp.add_argument("--rerank-model", help="rerank the passages with this CrossEncoder first")
+    comp.add_argument("--rank-prior", type=float, help="compress()'s passage-rank prior (default: its own)")
     comp.add_argument("--out", type=Path, help="write the curve as JSON here")
     comp.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where indexed shards are kept")
     comp.set_defaults(func=_compress)

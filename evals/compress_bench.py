@@ -57,6 +57,7 @@ def compression_curve(
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
     rerank: RerankSettings | None = None,
     embedder: Embedder | None = None,
+    rank_prior: float | None = None,
 ) -> dict[str, Any]:
     """Survival of answer content words and tokens kept, per budget fraction, as a JSON-ready dict."""
     answers = reference_answers(dataset)
@@ -66,7 +67,9 @@ def compression_curve(
     store = build_index(dataset, settings, cache_dir, embedder=embedder)
     reranker = Reranker(rerank or RerankSettings())
     embed = _cached(embedder.embed_documents)
-    rows: dict[float, dict[str, list[float]]] = {f: {"kept": [], "all": [], "found": [], "ms": []} for f in fractions}
+    rows: dict[float, dict[str, list[float]]] = {f: {"kept": [], "all": [], "found": []} for f in fractions}
+    cold_ms: list[float] = []  # the first budget of each query pays for embedding its sentences: the real cost
+    knobs = {} if rank_prior is None else {"rank_prior": rank_prior}
     try:
         retriever = Retriever(store, embedder, settings)
         for qid, question in dataset.judged_queries.items():
@@ -82,8 +85,9 @@ def compression_curve(
             for f in fractions:
                 tokens_in = sum(embedder.count_tokens(h.chunk.text) for h in hits)
                 started = time.perf_counter()
-                ctx = compress(question, hits, embed, query_vec, embedder.count_tokens, int(f * tokens_in))
-                rows[f]["ms"].append((time.perf_counter() - started) * 1000)
+                ctx = compress(question, hits, embed, query_vec, embedder.count_tokens, int(f * tokens_in), **knobs)
+                if f == fractions[0]:
+                    cold_ms.append((time.perf_counter() - started) * 1000)
                 kept = content_words(" ".join(s.text for _, sentences in ctx.passages for s in sentences))
                 share = len(wanted & kept) / len(wanted) if wanted else 1.0
                 rows[f]["kept"].append(ctx.tokens_used / tokens_in if tokens_in else 0.0)
@@ -98,7 +102,6 @@ def compression_curve(
             "tokens_kept": round(float(np.mean(r["kept"])), 4),
             "answer_words_kept": round(float(np.mean(r["found"])), 4) if r["found"] else None,
             "answer_words_kept_all_queries": round(float(np.mean(r["all"])), 4),
-            "compress_p50_ms": round(float(np.percentile(r["ms"], 50)), 1),
         }
         for f, r in rows.items()
     ]
@@ -109,6 +112,9 @@ def compression_curve(
         "queries_with_answer_in_passages": len(first["found"]),
         "passages": passages,
         "reranker": reranker.settings.model or None,
+        "rank_prior": rank_prior,
+        "compress_p50_ms": round(float(np.percentile(cold_ms, 50)), 1),
+        "compress_p95_ms": round(float(np.percentile(cold_ms, 95)), 1),
         "curve": curve,
     }
 
@@ -117,13 +123,15 @@ def format_curve(result: dict[str, Any]) -> str:
     lines = [
         f"{result['dataset']}: {result['queries']} queries, answer document among the top {result['passages']} "
         f"passages for {result['queries_with_answer_in_passages']}",
-        f"{'budget':>8}{'tokens kept':>14}{'answer words kept':>20}{'(all queries)':>16}{'p50 ms':>9}",
+        f"compression p50 {result['compress_p50_ms']:.0f} ms / p95 {result['compress_p95_ms']:.0f} ms per query "
+        "(sentence embedding included)",
+        f"{'budget':>8}{'tokens kept':>14}{'answer words kept':>20}{'(all queries)':>16}",
     ]
     for row in result["curve"]:
         found = row["answer_words_kept"]
         lines.append(
             f"{row['budget_fraction']:>8.0%}{row['tokens_kept']:>14.1%}"
             f"{(f'{found:.1%}' if found is not None else '-'):>20}"
-            f"{row['answer_words_kept_all_queries']:>16.1%}{row['compress_p50_ms']:>9.1f}"
+            f"{row['answer_words_kept_all_queries']:>16.1%}"
         )
     return "\n".join(lines)

@@ -83,13 +83,17 @@ def rerank_speed(
         "dataset": dataset.name,
         "model": model or "packaged MiniLM-L6 + fresh one-logit head (speed only)",
         "pairs": sum(len(t) for _, t in groups),
+        # How far apart torch's logits for one question's passages lie: a logit difference far below this
+        # cannot change an order; one near it can.
+        "torch_logit_spread": round(float(np.mean([np.std(a) for a in scores["torch"]])), 6),
         "backends": rows,
     }
 
 
 def format_speed(result: dict[str, Any]) -> str:
     lines = [
-        f"reranker speed: {result['model']}, {result['pairs']} pairs from {result['dataset']}",
+        f"reranker speed: {result['model']}, {result['pairs']} pairs from {result['dataset']}; "
+        f"torch logits per question spread (std) {result['torch_logit_spread']:.4f}",
         f"{'backend':<11}{'pairs/s':>9}{'speedup':>9}{'max |dlogit|':>14}{'same order':>12}",
     ]
     for name, r in result["backends"].items():

@@ -93,3 +93,16 @@ def test_nothing_to_keep() -> None:
 
     empty = compress("q", [], never, [1.0, 0.0], len, budget_tokens=100)  # type: ignore[arg-type]
     assert (empty.passages, empty.tokens_used, empty.tokens_in) == ([], 0, 0)
+
+
+def test_passage_rank_prior_decides_between_the_top_passage_and_the_best_sentence(embedder: Embedder) -> None:
+    query = "When do carried-over vacation days expire?"
+    vec = embedder.embed_query(query)
+
+    def kept_from(prior: float) -> list[str]:
+        ctx = compress(query, HITS, embedder.embed_documents, vec, embedder.count_tokens, 10, rank_prior=prior)
+        return [hit.chunk.doc_id for hit, kept in ctx.passages if kept]
+
+    # The security passage is ranked first but says nothing about vacation days.
+    assert "security" not in kept_from(0.0), "without a prior the sentences that match win, whatever their rank"
+    assert kept_from(10.0) == ["security"], "a strong prior fills the budget from the top-ranked passage first"
