@@ -66,11 +66,9 @@ def ingest(
                 if not str(exc).startswith("409"):
                     raise
                 client.call("PATCH", f"/v1/sources/{source}", {"path": path, "acl": groups})
-            job = client.call("POST", f"/v1/sources/{source}/reindex")
-            typer.echo(f"job {job['id']} queued on {settings.server_url}")
-            if wait:
-                job = _follow(lambda: client.call("GET", f"/v1/jobs/{job['id']}"))
-                _report(job)
+            done = _queued(client, settings, client.call("POST", f"/v1/sources/{source}/reindex"), wait)
+            if done:
+                _report(done)
         except ClientError as exc:
             _fail(str(exc))
         return
@@ -86,18 +84,36 @@ def ingest(
             except catalog.CatalogError as exc:
                 _fail(str(exc))
             job_id = catalog.open_job(db, source).id
-
-        def fetch() -> dict[str, Any]:
-            with container.sessions() as db:
-                job = catalog.get_job(db, job_id)
-                return {**job.progress(), "failures": catalog.job_failures(db, job_id)}
-
-        runner = threading.Thread(target=container.run_inline, args=(job_id,), daemon=True)
-        runner.start()
-        _report(_follow(fetch, show=wait))
-        runner.join()
+        _report(_run_here(container, job_id, show=wait))
     finally:
         container.close()
+
+
+def _queued(client: KbClient, settings: Settings, job: dict[str, Any], wait: bool) -> dict[str, Any] | None:
+    """Say where a job was queued; with `wait`, follow it on the server to its end."""
+    typer.echo(f"job {job['id']} queued on {settings.server_url}")
+    return _follow(lambda: client.call("GET", f"/v1/jobs/{job['id']}")) if wait else None
+
+
+def _run_here(container: Any, job_id: str, show: bool) -> dict[str, Any]:
+    """Run a job in this process through the task code while following its progress; the job as it ended."""
+    from ingestion import catalog
+
+    runner = threading.Thread(target=container.run_inline, args=(job_id,), daemon=True)
+
+    def fetch() -> dict[str, Any]:
+        with container.sessions() as db:
+            job = catalog.get_job(db, job_id)
+            found = {**job.progress(), "failures": catalog.job_failures(db, job_id)}
+        if not runner.is_alive() and found["status"] not in {"succeeded", "failed", "cancelled"}:
+            # The task raised before it could record an end: say so instead of waiting forever.
+            found = {**found, "status": "failed", "error": found["error"] or "the job stopped; see the log above"}
+        return found
+
+    runner.start()
+    job = _follow(fetch, show=show)
+    runner.join()
+    return job
 
 
 def _follow(fetch: Any, show: bool = True) -> dict[str, Any]:
@@ -165,10 +181,9 @@ def adapt(
     if server_running(settings):
         try:
             client = KbClient(settings)
-            job = client.call("POST", "/v1/reranker/adapt", {"minutes": minutes})
-            typer.echo(f"job {job['id']} queued on {settings.server_url}")
-            if wait:
-                _report_adapt(_follow(lambda: client.call("GET", f"/v1/jobs/{job['id']}")))
+            done = _queued(client, settings, client.call("POST", "/v1/reranker/adapt", {"minutes": minutes}), wait)
+            if done:
+                _report_adapt(done)
         except ClientError as exc:
             _fail(str(exc))
         return
@@ -181,15 +196,7 @@ def adapt(
                 job_id = catalog.open_adapt(db, (minutes * 60.0) if minutes else settings.adapt_budget_seconds).id
             except catalog.CatalogError as exc:
                 _fail(str(exc))
-
-        def fetch() -> dict[str, Any]:
-            with container.sessions() as db:
-                return catalog.get_job(db, job_id).progress()
-
-        runner = threading.Thread(target=container.run_inline, args=(job_id,), daemon=True)
-        runner.start()
-        _report_adapt(_follow(fetch, show=wait))
-        runner.join()
+        _report_adapt(_run_here(container, job_id, show=wait))
     finally:
         container.close()
 

@@ -48,6 +48,8 @@ def serve(settings: Settings, ingest_sample: bool = False) -> None:
         f'  ask:  .venv/bin/kb answer "How many vacation days do I get?"\n'
         f"   or:  curl -s {settings.server_url}/v1/answer -H 'Authorization: Bearer {key}' "
         "-H 'Content-Type: application/json' -d '{\"question\": \"How many vacation days do I get?\"}'\n"
+        "  once your own documents are in: .venv/bin/kb adapt --minutes 10   (trains a reranker on them; it is\n"
+        "  used only if it ranks held-back passages better than the current search)\n"
     )
     print(banner, flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())

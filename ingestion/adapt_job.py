@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from ingestion.inflight import InFlight
 from ingestion.models import Job, utcnow
 from retrieval.adapt import AdaptSettings, Scorer, adapt
 from retrieval.embedder import TextEmbedder
@@ -69,30 +70,25 @@ class AdaptRunner:
         self.settings = settings
         self.current = current
         self.on_promoted = on_promoted
-        self._running: set[str] = set()
-        self._guard = threading.Lock()
+        self._running = InFlight()
 
     def is_running(self, job_id: str) -> bool:
-        with self._guard:
-            return job_id in self._running
+        return job_id in self._running
 
     def run_job(self, job_id: str) -> dict[str, Any]:
         """Run the job to its end; a duplicate delivery while it runs here is ignored."""
-        with self._guard:
-            if job_id in self._running:
+        with self._running.claim(job_id) as claimed:
+            if not claimed:
                 log.info("adapt.skip_duplicate job=%s", job_id)
                 return {"id": job_id, "status": "running"}
-            self._running.add(job_id)
-        alive = threading.Event()
-        beat = threading.Thread(target=self._beat, args=(job_id, alive), name="adapt-heartbeat", daemon=True)
-        beat.start()
-        try:
-            return self._run(job_id)
-        finally:
-            alive.set()
-            beat.join()
-            with self._guard:
-                self._running.discard(job_id)
+            done = threading.Event()
+            beat = threading.Thread(target=self._beat, args=(job_id, done), name="adapt-heartbeat", daemon=True)
+            beat.start()
+            try:
+                return self._run(job_id)
+            finally:
+                done.set()
+                beat.join()
 
     def _beat(self, job_id: str, done: threading.Event) -> None:
         # Mining and comparing take minutes on a large corpus: the watchdog must not think the job was lost.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 
@@ -76,14 +77,18 @@ def set_pipeline(pipeline: IngestPipeline | None, adapter: AdaptRunner | None = 
     _adapter = adapter
 
 
-@celery_app.task(
-    name="kb.ingest_job",
-    acks_late=True,
-    autoretry_for=(StoreUnavailable, ConnectionError),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    max_retries=5,
-)
+# Every job task: acknowledged only when done (a dead worker's task is redelivered), retried with back-off
+# while Qdrant or the broker is away.
+_JOB_TASK: dict[str, Any] = {
+    "acks_late": True,
+    "autoretry_for": (StoreUnavailable, ConnectionError),
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "max_retries": 5,
+}
+
+
+@celery_app.task(name="kb.ingest_job", **_JOB_TASK)
 def ingest_job(job_id: str) -> dict[str, object]:
     """Run one ingestion job; idempotent, so redelivery after a crash repeats no embedding or point."""
     if _pipeline is None:
@@ -91,14 +96,7 @@ def ingest_job(job_id: str) -> dict[str, object]:
     return _pipeline.run_job(job_id)
 
 
-@celery_app.task(
-    name="kb.adapt_job",
-    acks_late=True,
-    autoretry_for=(StoreUnavailable, ConnectionError),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    max_retries=5,
-)
+@celery_app.task(name="kb.adapt_job", **_JOB_TASK)
 def adapt_job(job_id: str) -> dict[str, object]:
     """Train a reranker on pairs mined from the index and promote it if it ranks held-back pairs better."""
     if _adapter is None:

@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingestion.chunking import Chunker
+from ingestion.inflight import InFlight
 from ingestion.loaders import LoadError, load_file
 from ingestion.models import Document, Job, JobFailure, Source, utcnow
 from ingestion.sources import DirectorySource, SourceError, SourceFile, file_hash
@@ -101,8 +102,7 @@ class IngestPipeline:
         self.max_file_bytes = max_file_bytes
         self.batch_chunks = batch_chunks
         self._chunker: Chunker | None = None
-        self._running: set[str] = set()
-        self._guard = threading.Lock()
+        self._running = InFlight()
         # One writer at a time per index: a rebuild must not race an incremental job on the live version.
         self._write_lock = threading.Lock()
 
@@ -121,22 +121,16 @@ class IngestPipeline:
         return f"v1|{s.embedder.resolved_model()}|{s.chunk_tokens}|{s.chunk_overlap}{int8}"
 
     def is_running(self, job_id: str) -> bool:
-        with self._guard:
-            return job_id in self._running
+        return job_id in self._running
 
     def run_job(self, job_id: str) -> dict[str, object]:
         """Run (or resume) a job to the end; a job already finished is left as it is."""
-        with self._guard:
-            if job_id in self._running:
+        with self._running.claim(job_id) as claimed:
+            if not claimed:
                 log.info("job.skip_duplicate job=%s", job_id)
                 return {"id": job_id, "status": "running"}
-            self._running.add(job_id)
-        try:
             with self._write_lock:
                 return self._run(job_id)
-        finally:
-            with self._guard:
-                self._running.discard(job_id)
 
     def _run(self, job_id: str) -> dict[str, object]:
         with self.sessions() as db:

@@ -56,6 +56,20 @@ class StoredPoint:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
+class ScrollingStore:
+    """`point_ids` and `chunks` for a backend that implements `_scroll` over its records."""
+
+    def _scroll(self, doc_id: str | None, with_payload: bool) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def point_ids(self, doc_id: str | None = None) -> list[str]:
+        return [str(r.id) for r in self._scroll(doc_id, with_payload=False)]
+
+    def chunks(self) -> Iterator[Chunk]:
+        for record in self._scroll(None, with_payload=True):
+            yield Chunk.from_payload(dict(record.payload or {}))
+
+
 class Store(Protocol):
     """What ingestion writes through and search reads through, whichever engine runs underneath."""
 

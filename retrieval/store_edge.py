@@ -11,14 +11,14 @@ from typing import Any
 import qdrant_edge as qe
 
 from retrieval.settings import IndexSettings
-from retrieval.store import IndexedChunk, StoredPoint, StoreQuery, StoreUnavailable
-from retrieval.types import Chunk, SearchMode
+from retrieval.store import IndexedChunk, ScrollingStore, StoredPoint, StoreQuery, StoreUnavailable
+from retrieval.types import SearchMode
 
 log = logging.getLogger(__name__)
 _KEYWORD_FIELDS = ("acl", "doc_id", "source", "content_hash")
 
 
-class EdgeStore:
+class EdgeStore(ScrollingStore):
     """Owns one EdgeShard directory; only one process may open it (the shard holds a WAL lock)."""
 
     def __init__(self, settings: IndexSettings, path: Path | None = None) -> None:
@@ -141,13 +141,6 @@ class EdgeStore:
             yield from records
             if offset is None:
                 return
-
-    def point_ids(self, doc_id: str | None = None) -> list[str]:
-        return [str(r.id) for r in self._scroll(doc_id, with_payload=False)]
-
-    def chunks(self) -> Iterator[Chunk]:
-        for record in self._scroll(None, with_payload=True):
-            yield Chunk.from_payload(dict(record.payload or {}))
 
     def optimize(self) -> None:
         # Optimised segments reopen in <1 s; an appendable segment with a text index takes seconds.

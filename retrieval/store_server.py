@@ -10,15 +10,15 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from retrieval.settings import IndexSettings
-from retrieval.store import IndexedChunk, StoredPoint, StoreQuery, StoreUnavailable
-from retrieval.types import Chunk, SearchMode
+from retrieval.store import IndexedChunk, ScrollingStore, StoredPoint, StoreQuery, StoreUnavailable
+from retrieval.types import SearchMode
 
 log = logging.getLogger(__name__)
 _KEYWORD_FIELDS = ("acl", "doc_id", "source", "content_hash")
 UNAVAILABLE = (ResponseHandlingException, UnexpectedResponse, ConnectionError, TimeoutError)
 
 
-class QdrantServerStore:
+class QdrantServerStore(ScrollingStore):
     """One collection on a Qdrant server (`qdrant_url`) or in qdrant-client's local mode (`qdrant_path`)."""
 
     def __init__(
@@ -154,13 +154,6 @@ class QdrantServerStore:
             yield from records
             if offset is None:
                 return
-
-    def point_ids(self, doc_id: str | None = None) -> list[str]:
-        return [str(r.id) for r in self._scroll(doc_id, with_payload=False)]
-
-    def chunks(self) -> Iterator[Chunk]:
-        for record in self._scroll(None, with_payload=True):
-            yield Chunk.from_payload(dict(record.payload or {}))
 
     def optimize(self) -> None:
         """The server optimises segments itself."""
