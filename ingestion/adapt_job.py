@@ -104,6 +104,10 @@ class AdaptRunner:
                 raise LookupError(f"job {job_id} does not exist")
             if job.status in {"succeeded", "failed", "cancelled"}:
                 return job.progress()
+            if job.status == "cancelling":  # cancelled while it waited in the queue
+                job.status, job.finished_at = "cancelled", utcnow()
+                db.commit()
+                return job.progress()
             budget = float((job.detail or {}).get("time_budget_s") or self.settings.time_budget_s)
             job.status, job.started_at, job.attempts = "running", utcnow(), job.attempts + 1
             job.heartbeat_at = utcnow()

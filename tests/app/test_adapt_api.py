@@ -93,3 +93,20 @@ def test_a_promoted_reranker_is_used_by_answers_at_once(tmp_path: Path, tiny_cro
         assert container.reranker.score("q", ["a passage"]).shape == (1,)
     finally:
         container.close()
+
+
+def test_an_adaptation_cancelled_while_queued_never_trains(tmp_path: Path) -> None:
+    from ingestion import catalog
+
+    container = Container(Settings(data_dir=tmp_path / "data"))  # type: ignore[call-arg]
+    try:
+        with container.sessions() as db:
+            job_id = catalog.open_adapt(db, 60.0).id
+            catalog.cancel_job(db, job_id)
+
+        ended = container.adapter.run_job(job_id)
+
+        assert ended["status"] == "cancelled"
+        assert not (tmp_path / "data" / "models").exists(), "nothing was trained"
+    finally:
+        container.close()
