@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from retrieval.compress import split_sentences
+from retrieval.rerank import fit_calibration, write_calibration
 from retrieval.types import Chunk
 
 if TYPE_CHECKING:
@@ -411,7 +412,19 @@ def adapt(
         seed=s.seed,
         num_layers=s.num_layers,
     )
-    after = evaluate_ranking(cross_encoder_scorer(str(candidate), s.max_length), holdout)
+    candidate_scorer = cross_encoder_scorer(str(candidate), s.max_length)
+    logits: list[float] = []
+
+    def recording(pairs: list[tuple[str, str]]) -> list[float]:
+        scores = candidate_scorer(pairs)
+        logits.extend(scores)
+        return scores
+
+    after = evaluate_ranking(recording, holdout)
+    # The confidence later stages route and abstain on: Platt scaling fitted on the held-back pairs' logits.
+    labels = [int(i == 0) for p in holdout for i in range(1 + len(p.negative_texts))]
+    scale, bias = fit_calibration(logits, labels)
+    write_calibration(candidate, scale, bias, len(labels))
     replaced = after["mrr"] > before["mrr"]
     if replaced:
         _promote(models_dir, candidate)
@@ -424,6 +437,7 @@ def adapt(
         "training": trained,
         "before": before,
         "after": after,
+        "calibration": {"scale": round(scale, 4), "bias": round(bias, 4)},
         "replaced": replaced,
         "model_path": str(candidate) if replaced else None,
         "candidate_path": str(candidate),

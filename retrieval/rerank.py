@@ -8,6 +8,7 @@ and nothing on a GPU. Confidence is Platt scaling of the raw logit: `sigmoid(sca
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -35,8 +36,10 @@ class RerankSettings:
     batch_size: int = 16
     pairs_per_second: float = 21.0  # initial throughput estimate; replaced by measurements as queries run
     throughput_smoothing: float = 0.3  # weight of the newest measurement in the moving average
-    calibration_scale: float = 1.0  # Platt `a` (an inverse temperature): confidence = sigmoid(a * logit + b)
-    calibration_bias: float = 0.0  # Platt `b`
+    # Platt scaling, confidence = sigmoid(a * logit + b). None: the model folder's kb_calibration.json (which
+    # `kb adapt` writes from held-back pairs) when it has one, else a = 1, b = 0.
+    calibration_scale: float | None = None
+    calibration_bias: float | None = None
     max_length: int = 512  # word pieces per (query, passage) pair; longer pairs are truncated
     device: str = "cpu"
     backend: str = "torch"  # "torch" (sentence-transformers) | "onnx" (ONNX Runtime, exported once and cached)
@@ -46,6 +49,24 @@ class RerankSettings:
     @property
     def enabled(self) -> bool:
         return bool(self.model)
+
+
+CALIBRATION_FILE = "kb_calibration.json"
+
+
+def write_calibration(model_dir: Path, scale: float, bias: float, pairs: int) -> None:
+    """Store the Platt parameters fitted for the model in its folder."""
+    payload = {"scale": scale, "bias": bias, "fitted_on_pairs": pairs}
+    (Path(model_dir) / CALIBRATION_FILE).write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def read_calibration(model: str) -> tuple[float, float] | None:
+    """(scale, bias) from a local model folder's calibration file, or None."""
+    path = Path(model) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return float(data["scale"]), float(data["bias"])
 
 
 class RankedHit(NamedTuple):
@@ -136,6 +157,7 @@ class Reranker:
     def __init__(self, settings: RerankSettings) -> None:
         self.settings = settings
         self._predict: Predict | None = None
+        self._file_calibration: tuple[float, float] | None = None
         self._load_lock = threading.Lock()
         self._rate_lock = threading.Lock()
         self._pairs_per_second = settings.pairs_per_second
@@ -162,6 +184,7 @@ class Reranker:
             log.info("reranker.load model=%s backend=%s device=%s", s.model, s.backend, s.device)
             try:
                 self._predict = _onnx_predict(s) if s.backend == "onnx" else _torch_predict(s)
+                self._file_calibration = read_calibration(s.model)
             except (OSError, RuntimeError) as exc:
                 raise RuntimeError(
                     f"cannot load reranking model {s.model!r}: {exc}. Set the reranker model to a local "
@@ -173,6 +196,7 @@ class Reranker:
         with self._load_lock:
             self.settings = replace(self.settings, model=model)
             self._predict = None
+            self._file_calibration = None
         log.info("reranker.switched model=%s", model)
 
     def budget_depth(self) -> int:
@@ -206,8 +230,17 @@ class Reranker:
 
     def confidence(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probability of relevance for raw logits."""
+        scale, bias = self.calibration
+        return sigmoid(scale * np.asarray(logits, dtype=np.float64) + bias)
+
+    @property
+    def calibration(self) -> tuple[float, float]:
+        """The Platt (scale, bias) in use: the settings', else the model folder's, else (1, 0)."""
         s = self.settings
-        return sigmoid(s.calibration_scale * np.asarray(logits, dtype=np.float64) + s.calibration_bias)
+        fitted = self._file_calibration or (1.0, 0.0)
+        scale = s.calibration_scale if s.calibration_scale is not None else fitted[0]
+        bias = s.calibration_bias if s.calibration_bias is not None else fitted[1]
+        return scale, bias
 
     def rerank(self, query: str, hits: list[Hit], depth: int | None = None) -> list[RankedHit]:
         """The top `depth` hits reordered by cross-encoder score, followed by the rest in their original order."""

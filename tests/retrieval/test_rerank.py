@@ -4,12 +4,13 @@ The model is a tiny random BERT built here: these tests prove the wiring, never 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from retrieval.rerank import Reranker, RerankSettings, fit_calibration
+from retrieval.rerank import Reranker, RerankSettings, fit_calibration, write_calibration
 from retrieval.types import Chunk, Hit
 
 PASSAGES = [
@@ -139,3 +140,21 @@ def test_onnx_backend_gives_the_torch_logits_and_order(tiny_model: Path, tmp_pat
 def test_a_missing_model_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match="cannot load reranking model"):
         Reranker(RerankSettings(model="/nonexistent/cross-encoder")).warm_up()
+
+
+def test_calibration_fitted_for_a_model_travels_with_it(tiny_model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    write_calibration(folder, scale=2.0, bias=-1.0, pairs=40)
+
+    fitted = Reranker(RerankSettings(model=str(folder)))
+    fitted.warm_up()
+    explicit = Reranker(RerankSettings(model=str(folder), calibration_scale=0.5, calibration_bias=0.0))
+    explicit.warm_up()
+
+    logits = np.array([-2.0, 0.0, 3.0])
+    assert fitted.calibration == (2.0, -1.0)
+    assert fitted.confidence(logits) == pytest.approx(1 / (1 + np.exp(-(2.0 * logits - 1.0))))
+    assert explicit.calibration == (0.5, 0.0), "settings win over the file"
+    fitted.use_model(str(tiny_model))
+    assert fitted.calibration == (1.0, 0.0), "another model does not inherit the calibration"
