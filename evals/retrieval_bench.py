@@ -69,7 +69,8 @@ def run_retriever(
         for mode in modes:
             run = results[mode]
             started = time.perf_counter()
-            hits = retriever.search(text, EVAL_PRINCIPAL, mode=SearchMode(mode.removesuffix("_rerank")), limit=limit)
+            search_mode = SearchMode.HYBRID if mode == RERANK else SearchMode(mode)
+            hits = retriever.search(text, EVAL_PRINCIPAL, mode=search_mode, limit=limit)
             if mode == RERANK:
                 if reranker is None or not reranker.enabled:
                     raise ValueError(f"mode {RERANK} needs a reranker model")

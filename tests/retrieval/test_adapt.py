@@ -1,4 +1,5 @@
-"""`kb adapt` trains a real cross-encoder on pairs mined from an indexed corpus, and keeps it only if it is better."""
+"""`kb adapt` trains a real cross-encoder on pairs mined from an indexed corpus (retrieval/mining.py), and keeps it
+only if it is better."""
 
 from __future__ import annotations
 
@@ -13,16 +14,9 @@ import pytest
 
 from ingestion.chunking import Chunker
 from ingestion.loaders import load_file
-from retrieval.adapt import (
-    AdaptSettings,
-    MinedPair,
-    active_reranker,
-    adapt,
-    evaluate_ranking,
-    mine_pairs,
-    split_holdout,
-)
+from retrieval.adapt import AdaptSettings, active_reranker, adapt, evaluate_ranking
 from retrieval.embedder import Embedder
+from retrieval.mining import MinedPair, mine_pairs, split_holdout
 from retrieval.rerank import Reranker, RerankSettings
 from retrieval.types import Chunk
 from tests.conftest import SAMPLE, SHARED_EVAL
