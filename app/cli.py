@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from app.client import ClientError, KbClient, server_running
-from app.settings import Settings
+from app.settings import MAX_ADAPT_MINUTES, Settings
 from retrieval.types import Principal, SearchMode
 
 cli = typer.Typer(help="kb: grounded answers over your documents.", no_args_is_help=True, add_completion=False)
@@ -176,8 +176,8 @@ def adapt(
 ) -> None:
     """Train a reranker on pairs mined from your indexed documents; it is used only if it ranks better."""
     settings = Settings()
-    if minutes is not None and not 0 < minutes <= 240:
-        _fail("--minutes must be more than 0 and at most 240")
+    if minutes is not None and not 0 < minutes <= MAX_ADAPT_MINUTES:
+        _fail(f"--minutes must be more than 0 and at most {MAX_ADAPT_MINUTES:g}")
     if server_running(settings):
         try:
             client = KbClient(settings)
@@ -193,7 +193,7 @@ def adapt(
     try:
         with container.sessions() as db:
             try:
-                job_id = catalog.open_adapt(db, (minutes * 60.0) if minutes else settings.adapt_budget_seconds).id
+                job_id = catalog.open_adapt(db, settings.adapt_budget(minutes)).id
             except catalog.CatalogError as exc:
                 _fail(str(exc))
         _report_adapt(_run_here(container, job_id, show=wait))

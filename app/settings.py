@@ -12,6 +12,8 @@ from ingestion.celery_app import BrokerSettings
 from retrieval.adapt import AdaptSettings
 from retrieval.settings import EmbedderSettings, FusionSettings, IndexSettings
 
+MAX_ADAPT_MINUTES = 240.0  # the longest training budget one adaptation may ask for
+
 
 class Settings(BaseSettings):
     """Every knob, with defaults that run on a bare machine (embedded Qdrant, SQLite, filesystem broker)."""
@@ -93,6 +95,10 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         """Where `kb adapt` keeps trained rerankers and the pointer to the active one."""
         return self.data_dir / "models"
+
+    def adapt_budget(self, minutes: float | None) -> float:
+        """An adaptation's training budget in seconds: the request's minutes, else KB_ADAPT_BUDGET_SECONDS."""
+        return minutes * 60.0 if minutes else self.adapt_budget_seconds
 
     @property
     def adapt(self) -> AdaptSettings:

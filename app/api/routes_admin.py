@@ -141,8 +141,7 @@ def rebuild(_: AdminDep, container: ContainerDep) -> JobOut:
 def adapt_reranker(_: AdminDep, container: ContainerDep, body: AdaptIn | None = None) -> JobOut:
     """Train a reranker on pairs mined from the index, within a time budget; it replaces the reranker in use
     only if it ranks held-back pairs better. Follow it with GET /v1/jobs/{id} (`detail` has the report)."""
-    minutes = body.minutes if body and body.minutes else None
-    budget = minutes * 60.0 if minutes else container.settings.adapt_budget_seconds
+    budget = container.settings.adapt_budget(body.minutes if body else None)
     return _queue(container, lambda db: catalog.open_adapt(db, budget))
 
 

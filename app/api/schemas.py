@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.settings import MAX_ADAPT_MINUTES
 from retrieval.types import SearchMode
 
 
@@ -59,7 +60,7 @@ class JobOut(BaseModel):
 
 class AdaptIn(BaseModel):
     minutes: float | None = Field(
-        None, gt=0, le=240, description="training time budget; default KB_ADAPT_BUDGET_SECONDS"
+        None, gt=0, le=MAX_ADAPT_MINUTES, description="training time budget; default KB_ADAPT_BUDGET_SECONDS"
     )
 
 
