@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start (or install, then start) what the tests talk to: Redis on 127.0.0.1:6379 and PostgreSQL on :5432.
+# Start (or install, then start) what the tests talk to: Redis on 127.0.0.1:6379, PostgreSQL on :5432, and
+# the system Chromium that the chat page tests drive through Playwright (never a downloaded browser).
 set -euo pipefail
 
 apt_ready=0
@@ -27,3 +28,6 @@ if pg_isready -h 127.0.0.1 -p 5432 -q; then
 else
   echo "postgres: not available; SQL tests on PostgreSQL will be skipped"
 fi
+
+if [ ! -x /usr/bin/chromium ]; then apt_install chromium; fi
+echo "chromium: $(/usr/bin/chromium --version 2>/dev/null || echo missing)"

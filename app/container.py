@@ -9,7 +9,11 @@ from pathlib import Path
 
 from celery import Celery, Task
 
+from app.chat import ChatService
+from app.conversations import ConversationStore
 from app.db import init_db
+from app.llm import LLMClient, TokenCounter
+from app.metrics import AnswerMetrics
 from app.services import AnswerService, SearchService
 from app.settings import Settings
 from ingestion import catalog
@@ -52,13 +56,14 @@ class Container:
                 cache_dir=str(settings.data_dir / "onnx"),
             )
         )
+        self.llm = LLMClient(settings.llm)
+        self.tokens = TokenCounter(settings.llm.tokenizer if self.llm.enabled else "", self.embedder.count_tokens)
         self.answers = AnswerService(
-            self.retriever,
-            self.embedder,
-            self.reranker,
-            budget_tokens=settings.answer_budget_tokens,
-            max_sentences=settings.answer_sentences,
+            self.retriever, self.embedder, self.reranker, self.llm, self.tokens, settings.answer
         )
+        self.conversations = ConversationStore(self.sessions)
+        self.metrics = AnswerMetrics(self.conversations.feedback_counts)
+        self.chat = ChatService(self.answers, self.conversations, self.llm, on_answer=self.metrics.observe)
         self.pipeline = IngestPipeline(
             self.sessions,
             self.store,
@@ -85,6 +90,14 @@ class Container:
     def warm_up(self) -> None:
         """Load the model and open the index before the first request, not during it."""
         self.embedder.warm_up()
+        if self.llm.enabled:
+            exact = self.tokens.exact  # loads the served model's tokenizer now, not on the first question
+            log.info(
+                "llm.configured url=%s model=%s exact_token_counts=%s",
+                self.llm.settings.base_url,
+                self.llm.settings.model,
+                exact,
+            )
         if self.reranker.enabled:
             self.reranker.warm_up()
         try:

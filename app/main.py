@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
-from app.api import errors, routes_admin, routes_health, routes_query
+from app.api import errors, routes_admin, routes_chat, routes_health, routes_openai, routes_query, routes_web
 from app.container import Container
 from app.settings import Settings
 
@@ -34,6 +35,7 @@ def create_app(
         try:
             yield
         finally:
+            await c.llm.close()
             c.close()
 
     app = FastAPI(
@@ -48,4 +50,8 @@ def create_app(
     app.include_router(routes_health.router)
     app.include_router(routes_query.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_chat.router)
+    app.include_router(routes_openai.router)
+    app.include_router(routes_web.router)
+    app.mount("/static", StaticFiles(directory=routes_web.WEB_DIR), name="static")
     return app

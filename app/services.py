@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from retrieval.compress import QUOTE_RANK_PRIOR, compress
+from anyio import to_thread
+
+from app.citations import CitationFilter
+from app.llm import Generation, LLMClient, LLMUnavailable, TokenCounter
+from app.prompt import ABSTAIN_TEXT, Passage, build_messages, order_passages
+from retrieval.compress import CONTEXT_RANK_PRIOR, QUOTE_RANK_PRIOR, CompressedContext, compress
 from retrieval.embedder import TextEmbedder
 from retrieval.rerank import Reranker
 from retrieval.search import Retriever
 from retrieval.types import Citation, Hit, Principal, SearchMode, Usage
 
+log = logging.getLogger(__name__)
+
 NO_ANSWER = "I could not find this in the documents you can read."
+
+
+class PromptTooLong(ValueError):
+    """The question (with the fixed prompt) does not fit the model's context window."""
 
 
 @dataclass
@@ -22,8 +36,36 @@ class Answer:
     citations: list[Citation]
     hits: list[Hit]
     extractive: bool = True
-    confidence: float | None = None  # the reranker's calibrated confidence in the top passage, when it ran
+    confidence: float | None = None  # reranker's calibrated confidence, else the best sentence's cosine
     usage: Usage = field(default_factory=Usage)
+    abstained: bool = False  # nothing readable was relevant enough: the answer says so instead of guessing
+    fallback: str = ""  # why a generated answer was replaced by the extractive one ("" when it was not)
+    model: str = ""  # the model that generated the text; "" for extractive answers
+    first_token_ms: float | None = None
+    finish_reason: str = "stop"  # "length" when the output budget cut the answer short
+
+
+class Restart:
+    """In a stream: discard the text sent so far, what follows replaces it (the LLM failed mid-answer)."""
+
+
+StreamItem = str | Restart | Answer
+
+
+@dataclass(frozen=True)
+class AnswerSettings:
+    """How much evidence an answer uses, how long it may be, and when it abstains."""
+
+    passages: int = 5
+    quote_budget_tokens: int = 120  # extractive: the best sentences within this many tokens
+    quote_sentences: int = 4
+    relative_floor: float = 0.6  # extractive: quote sentences scoring at least this share of the best one
+    context_tokens: int = 1000  # generated: passage text in the prompt, in the served model's tokens
+    max_tokens: int = 256  # generated: output tokens at most
+    context_window: int = 2048  # the served model's context length (vLLM --max-model-len)
+    temperature: float = 0.0
+    min_confidence: float = 0.2  # abstain under this calibrated reranker confidence
+    min_similarity: float = 0.3  # with no reranker: abstain when no sentence is at least this close to the question
 
 
 class SearchService:
@@ -34,63 +76,231 @@ class SearchService:
         return self.retriever.search(query, principal, mode, top_k)
 
 
+@dataclass
+class _Evidence:
+    hits: list[Hit]
+    context: CompressedContext
+    confidence: float | None
+    usage: Usage
+
+    @property
+    def relevant_enough(self) -> bool:
+        return bool(self.context.passages)
+
+
 class AnswerService:
-    """Extractive answers: retrieve, rerank (when a cross-encoder is configured), then keep the sentences
-    closest to the question within a token budget, each cited with its document offsets."""
+    """Retrieve, rerank (when a cross-encoder is configured), compress, then generate with the LLM, or quote
+    the best sentences when there is none or it fails. Every answer cites only passages the caller may read."""
 
     def __init__(
         self,
         retriever: Retriever,
         embedder: TextEmbedder,
         reranker: Reranker,
-        budget_tokens: int = 120,
-        passages: int = 5,
-        max_sentences: int = 4,
-        relative_floor: float = 0.6,
+        llm: LLMClient | None = None,
+        tokens: TokenCounter | None = None,
+        settings: AnswerSettings | None = None,
     ) -> None:
-        self.max_sentences = max_sentences
-        self.relative_floor = relative_floor
         self.retriever = retriever
         self.embedder = embedder
         self.reranker = reranker
-        self.budget_tokens = budget_tokens
-        self.passages = passages
+        self.llm = llm or LLMClient.disabled()
+        self.tokens = tokens or TokenCounter("", embedder.count_tokens)
+        self.settings = settings or AnswerSettings()
 
-    def answer(self, principal: Principal, question: str, mode: SearchMode = SearchMode.HYBRID) -> Answer:
+    # -- evidence ---------------------------------------------------------------------------------------
+    def _evidence(self, principal: Principal, query: str, mode: SearchMode, generate: bool) -> _Evidence:
+        s = self.settings
         usage = Usage()
         t0 = time.perf_counter()
-        depth = max(self.passages, self.reranker.settings.max_depth) if self.reranker.enabled else self.passages
-        hits = self.retriever.search(question, principal, mode, depth)
+        depth = max(s.passages, self.reranker.settings.max_depth) if self.reranker.enabled else s.passages
+        hits = self.retriever.search(query, principal, mode, depth)
         usage.stages_ms["retrieve"] = (time.perf_counter() - t0) * 1000
         if not hits:
-            return Answer(NO_ANSWER, [], [], usage=usage)
+            return _Evidence([], CompressedContext(), None, usage)
         t1 = time.perf_counter()
-        ranked = self.reranker.rerank(question, hits)
-        hits = [r.hit for r in ranked][: self.passages]
-        confidence = ranked[0].confidence
+        ranked = self.reranker.rerank(query, hits)
+        hits = [r.hit for r in ranked][: s.passages]
         usage.stages_ms["rerank"] = (time.perf_counter() - t1) * 1000
         t2 = time.perf_counter()
         context = compress(
-            question,
+            query,
             hits,
             embed=self.embedder.embed_documents,
-            query_vec=self.embedder.embed_query(question),
-            count_tokens=self.embedder.count_tokens,
-            budget_tokens=self.budget_tokens,
-            rank_prior=QUOTE_RANK_PRIOR,
+            query_vec=self.embedder.embed_query(query),
+            count_tokens=self.tokens if generate else self.embedder.count_tokens,
+            budget_tokens=s.context_tokens if generate else s.quote_budget_tokens,
+            rank_prior=CONTEXT_RANK_PRIOR if generate else QUOTE_RANK_PRIOR,
         )
         usage.stages_ms["compress"] = (time.perf_counter() - t2) * 1000
-        # An answer quotes only the few sentences that are close to the best one, not the whole budget.
-        scores = sorted((s.score for _, kept in context.passages for s in kept), reverse=True)
-        floor = max(scores[0] * self.relative_floor, scores[min(len(scores), self.max_sentences) - 1]) if scores else 0
+        confidence = ranked[0].confidence
+        if confidence is not None:
+            relevant = confidence >= s.min_confidence
+        else:
+            confidence = context.best_similarity
+            relevant = confidence >= s.min_similarity
+        if not relevant:
+            log.info("answer.abstain reason=low_confidence confidence=%.3f", confidence)
+            context = CompressedContext(tokens_in=context.tokens_in)
+        return _Evidence(hits, context, confidence, usage)
+
+    # -- extractive -------------------------------------------------------------------------------------
+    def _quote(self, ev: _Evidence) -> Answer:
+        """The few sentences close to the best one, each followed by the number of its passage."""
+        s = self.settings
+        scores = sorted((k.score for _, kept in ev.context.passages for k in kept), reverse=True)
+        floor = max(scores[0] * s.relative_floor, scores[min(len(scores), s.quote_sentences) - 1]) if scores else 0
         parts: list[str] = []
         citations: list[Citation] = []
-        for hit, kept in context.passages:
-            sentences = [s for s in kept if s.score >= floor]
+        for hit, kept in ev.context.passages:
+            sentences = [k for k in kept if k.score >= floor]
             if not sentences:
                 continue
             citations.append(hit.citation)
-            parts.extend(f"{' '.join(s.text.split())} [{len(citations)}]" for s in sentences)
+            parts.extend(f"{' '.join(k.text.split())} [{len(citations)}]" for k in sentences)
         if not parts:
-            return Answer(NO_ANSWER, [], hits, confidence=confidence, usage=usage)
-        return Answer(" ".join(parts), citations, hits, confidence=confidence, usage=usage)
+            return Answer(NO_ANSWER, [], ev.hits, confidence=ev.confidence, usage=ev.usage, abstained=True)
+        return Answer(" ".join(parts), citations, ev.hits, confidence=ev.confidence, usage=ev.usage)
+
+    def answer(
+        self,
+        principal: Principal,
+        question: str,
+        mode: SearchMode = SearchMode.HYBRID,
+        history: list[dict[str, str]] | None = None,
+    ) -> Answer:
+        """The whole answer at once (CLI, evals): generated when an LLM is configured, else extractive."""
+        if not self.llm.enabled:
+            return self._quote(self._evidence(principal, question, mode, generate=False))
+
+        async def collect() -> Answer:
+            async for item in self.stream(principal, question, mode, history or []):
+                if isinstance(item, Answer):
+                    return item
+            raise RuntimeError("the answer stream ended without an answer")
+
+        return asyncio.run(collect())
+
+    # -- generated --------------------------------------------------------------------------------------
+    def _passages(self, context: CompressedContext) -> list[Passage]:
+        evidence: list[tuple[Citation, str]] = []
+        for hit, kept in context.passages:
+            text = " … ".join(" ".join(k.text.split()) for k in kept)
+            c = hit.citation
+            start, end = kept[0].citation.start_char, kept[-1].citation.end_char
+            evidence.append((Citation(c.doc_id, c.path, c.title, c.chunk, text, start, end), text))
+        return order_passages(evidence)
+
+    @property
+    def prompt_limit(self) -> int:
+        """Prompt tokens a request may use: the model's window less the output budget."""
+        return self.settings.context_window - self.settings.max_tokens
+
+    def check_question(self, question: str) -> None:
+        """Refuse, before any work, a question that cannot fit the prompt even without passages."""
+        if self.llm.enabled:
+            self._fit([], [], question)
+
+    def _fit(self, passages: list[Passage], history: list[dict[str, str]], question: str) -> list[dict[str, str]]:
+        """Messages that fit the context window with the output budget: oldest turns go first, then passages."""
+        limit = self.prompt_limit
+        history = list(history)
+        while True:
+            messages = build_messages(passages, history, question)
+            used = self.tokens.chat_tokens(messages)
+            if used <= limit:
+                return messages
+            if history:
+                history = history[2:] if len(history) > 1 else []
+            elif passages:
+                passages = passages[:-1]
+            else:
+                raise PromptTooLong(
+                    f"the question takes {used} tokens with the instructions; the model's window leaves "
+                    f"{limit} for the prompt. Ask a shorter question."
+                )
+
+    async def stream(
+        self,
+        principal: Principal,
+        question: str,
+        mode: SearchMode = SearchMode.HYBRID,
+        history: list[dict[str, str]] | None = None,
+        search_query: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> AsyncIterator[StreamItem]:
+        """Text deltas (str), possibly a Restart, and finally the Answer with citations and usage.
+
+        `search_query` is what retrieval looks for (a standalone rewrite of a follow-up); the model answers
+        `question` in the light of `history`. `max_tokens` may lower the output budget, never raise it.
+        """
+        query = search_query or question
+        generate = self.llm.enabled
+        ev = await to_thread.run_sync(self._evidence, principal, query, mode, generate)
+        if not ev.relevant_enough:
+            yield ABSTAIN_TEXT if generate else NO_ANSWER
+            yield Answer(
+                ABSTAIN_TEXT if generate else NO_ANSWER,
+                [],
+                ev.hits,
+                extractive=not generate,
+                confidence=ev.confidence,
+                usage=ev.usage,
+                abstained=True,
+            )
+            return
+        if not generate:
+            answer = self._quote(ev)
+            yield answer.text
+            yield answer
+            return
+        passages = self._passages(ev.context)
+        s = self.settings
+        out_tokens = min(max_tokens or s.max_tokens, s.max_tokens)
+        messages = self._fit(passages, history or [], question)
+        cites = CitationFilter(passages)
+        done: list[Generation] = []
+        text = ""
+        t0 = time.perf_counter()
+        try:
+            temp = s.temperature if temperature is None else temperature
+            async for piece in self.llm.stream(messages, out_tokens, temp, done.append):
+                out = cites.feed(piece)
+                if out:
+                    text += out
+                    yield out
+            tail = cites.flush()
+            if tail:
+                text += tail
+                yield tail
+        except LLMUnavailable as exc:
+            log.warning("llm.failed fallback=extractive streamed_chars=%d error=%s", len(text), exc)
+            if text:
+                yield Restart()
+            quoted = await to_thread.run_sync(self._evidence, principal, query, mode, False)
+            answer = self._quote(quoted)
+            answer.fallback = f"llm_unavailable: {exc}"
+            yield answer.text
+            yield answer
+            return
+        gen = done[0]
+        ev.usage.stages_ms["generate"] = (time.perf_counter() - t0) * 1000
+        ev.usage.prompt_tokens, ev.usage.completion_tokens = gen.prompt_tokens, gen.completion_tokens
+        yield Answer(
+            text.strip(),
+            [p.citation for p in cites.cited],
+            ev.hits,
+            extractive=False,
+            confidence=ev.confidence,
+            usage=ev.usage,
+            abstained=_abstains(text),
+            model=self.llm.settings.model,
+            first_token_ms=gen.first_token_ms,
+            finish_reason="length" if gen.finish_reason == "length" else "stop",
+        )
+
+
+def _abstains(text: str) -> bool:
+    head = text.strip().lower().replace("’", "'")
+    return head.startswith(ABSTAIN_TEXT.lower()[:12]) or head.startswith("i do not know")

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.llm import LLMSettings
+from app.services import AnswerSettings
 from ingestion.celery_app import BrokerSettings
 from retrieval.adapt import AdaptSettings
 from retrieval.settings import EmbedderSettings, FusionSettings, IndexSettings
@@ -49,6 +51,19 @@ class Settings(BaseSettings):
     max_top_k: int = 100
     answer_sentences: int = 4  # at most this many quoted sentences in an extractive answer
     answer_budget_tokens: int = 120  # extractive answers: the best sentences within this many tokens
+    llm_base_url: str = ""  # an OpenAI-compatible endpoint, e.g. http://vllm:8000/v1; empty: extractive answers
+    llm_model: str = ""  # the served model name (vLLM --served-model-name)
+    llm_api_key: str = ""
+    llm_tokenizer: str = ""  # the served model's tokenizer (HF name or folder) for token budgets; default llm_model
+    llm_timeout_seconds: float = 30.0  # wait for the first token, and between tokens, before falling back
+    llm_max_retries: int = 1
+    llm_max_tokens: int = 256  # output tokens per answer at most
+    llm_context_tokens: int = 1000  # passage text in a prompt, in the served model's tokens
+    llm_context_window: int = 2048  # the served model's context length (vLLM --max-model-len)
+    llm_temperature: float = 0.0
+    chat_model_name: str = "kb"  # the model name /v1/chat/completions and /v1/models answer to
+    answer_min_confidence: float = AnswerSettings.min_confidence
+    answer_min_similarity: float = AnswerSettings.min_similarity
     rerank_model: str = ""  # a CrossEncoder name or path; empty: the one `kb adapt` promoted, if any
     rerank_depth: int = 20
     rerank_backend: str = "torch"  # torch | onnx (ONNX Runtime, exported once into the data dir)
@@ -89,6 +104,30 @@ class Settings(BaseSettings):
                 dense_prefetch=self.prefetch,
                 bm25_prefetch=self.prefetch,
             ),
+        )
+
+    @property
+    def llm(self) -> LLMSettings:
+        return LLMSettings(
+            base_url=self.llm_base_url,
+            model=self.llm_model,
+            api_key=self.llm_api_key,
+            timeout_s=self.llm_timeout_seconds,
+            max_retries=self.llm_max_retries,
+            tokenizer=self.llm_tokenizer or self.llm_model,
+        )
+
+    @property
+    def answer(self) -> AnswerSettings:
+        return AnswerSettings(
+            quote_budget_tokens=self.answer_budget_tokens,
+            quote_sentences=self.answer_sentences,
+            context_tokens=self.llm_context_tokens,
+            max_tokens=self.llm_max_tokens,
+            context_window=self.llm_context_window,
+            temperature=self.llm_temperature,
+            min_confidence=self.answer_min_confidence,
+            min_similarity=self.answer_min_similarity,
         )
 
     @property

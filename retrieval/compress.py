@@ -88,6 +88,7 @@ class KeptSentence:
     score: float
     tokens: int
     citation: Citation
+    similarity: float = 0.0  # cosine to the query alone, without the rank prior: how well it matches
 
 
 @dataclass
@@ -97,6 +98,11 @@ class CompressedContext:
     passages: list[tuple[Hit, list[KeptSentence]]] = field(default_factory=list)
     tokens_used: int = 0  # sum of the kept sentences' token counts
     tokens_in: int = 0  # token count of all passages before compression
+
+    @property
+    def best_similarity(self) -> float:
+        """The best kept sentence's cosine to the query (0 when nothing was kept)."""
+        return max((s.similarity for _, kept in self.passages for s in kept), default=0.0)
 
     @property
     def citations(self) -> list[Citation]:
@@ -109,6 +115,7 @@ class _Candidate:
     span: Span
     hit: Hit
     score: float = 0.0
+    similarity: float = 0.0
 
 
 def _normalise(vectors: np.ndarray) -> np.ndarray:
@@ -145,7 +152,8 @@ def compress(
     q = _normalise(np.asarray(query_vec, dtype=np.float32).reshape(1, -1))[0]
     cosines = vectors @ q
     for i, c in enumerate(candidates):
-        c.score = float(cosines[i]) + rank_prior / (1 + c.rank)
+        c.similarity = float(cosines[i])
+        c.score = c.similarity + rank_prior / (1 + c.rank)
 
     kept: list[int] = []
     tokens: dict[int, int] = {}
@@ -180,4 +188,4 @@ def _kept(c: _Candidate, tokens: int) -> KeptSentence:
         start_char=chunk.start_char + c.span.start,
         end_char=chunk.start_char + c.span.end,
     )
-    return KeptSentence(text=c.span.text, score=c.score, tokens=tokens, citation=citation)
+    return KeptSentence(text=c.span.text, score=c.score, tokens=tokens, citation=citation, similarity=c.similarity)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -159,3 +160,23 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 180) -> dict[st
             return job
         time.sleep(0.3)
     raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
+
+
+def make_key(server: Server, name: str, groups: str = "", admin: bool = False) -> str:
+    """A new API key for `name` in `groups`, made with the CLI as an operator would."""
+    args = [sys.executable, "-m", "app.cli", "keys", "create", name, "--groups", groups] + (
+        ["--admin"] if admin else []
+    )
+    out = subprocess.run(args, cwd=REPO, env=server.env, capture_output=True, text=True, check=True).stdout
+    return str(json.loads(out.strip().splitlines()[-1])["key"])
+
+
+def index_corpus(server: Server, corpus: Path, name: str = "handbook") -> None:
+    """Register `corpus` as a public source (its HR document keeps its own ACL) and index it."""
+    with server.client() as admin:
+        created = admin.post("/v1/sources", json={"name": name, "path": str(corpus), "acl": ["public"]})
+        assert created.status_code == 201, created.text
+        job = admin.post(f"/v1/sources/{name}/reindex")
+        assert job.status_code == 202, job.text
+        done = wait_job(admin, job.json()["id"])
+    assert done["status"] == "succeeded" and done["docs_failed"] == 0, done

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.container import BrokerUnavailable
+from app.services import PromptTooLong
 from ingestion.catalog import CatalogError, Conflict, NotFound
 from retrieval.store import StoreUnavailable
 
@@ -17,13 +18,32 @@ log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
+        self.status, self.code, self.message, self.headers, self.param = status, code, message, headers, param
 
 
-def error_body(code: str, message: str, **extra: object) -> dict[str, object]:
-    return {"error": {"code": code, "message": message, **extra}}
+def _type(status: int) -> str:
+    """OpenAI's error `type`: whose fault it is, in the words OpenAI clients expect."""
+    if status in (401, 403):
+        return "authentication_error" if status == 401 else "permission_error"
+    if status == 404:
+        return "not_found_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "invalid_request_error" if status < 500 else "server_error"
+
+
+def error_body(code: str, message: str, status: int = 400, **extra: object) -> dict[str, object]:
+    """`{"error": {code, message, type, param}}`: our format and OpenAI's at once, so OpenAI clients read it."""
+    param = extra.pop("param", extra.get("field"))
+    return {"error": {"code": code, "message": message, "type": _type(status), "param": param, **extra}}
+
+
+def _openai_path(request: Request) -> bool:
+    return request.url.path.startswith("/v1/chat/")
 
 
 def _field(loc: tuple[object, ...] | list[object]) -> str:
@@ -37,40 +57,47 @@ def _field(loc: tuple[object, ...] | list[object]) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)
+        body = error_body(exc.code, exc.message, exc.status, param=exc.param)
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
         field = _field(first.get("loc", ()))
         message = f"{field}: {first.get('msg', 'invalid value')}"
         fields = [{"field": _field(e.get("loc", ())), "message": e.get("msg")} for e in errors]
-        return JSONResponse(error_body("invalid_request", message, field=field, fields=fields), status_code=422)
+        # OpenAI answers a malformed request with 400; our own routes keep FastAPI's 422.
+        status = 400 if _openai_path(request) else 422
+        return JSONResponse(error_body("invalid_request", message, status, field=field, fields=fields), status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+        return JSONResponse(error_body(code, str(exc.detail), exc.status_code), status_code=exc.status_code)
 
     @app.exception_handler(CatalogError)
     async def _catalog(_: Request, exc: CatalogError) -> JSONResponse:
-        return JSONResponse(error_body("invalid_request", str(exc), field=exc.field), status_code=422)
+        return JSONResponse(error_body("invalid_request", str(exc), 422, field=exc.field), status_code=422)
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse(error_body("not_found", str(exc)), status_code=404)
+        return JSONResponse(error_body("not_found", str(exc), 404), status_code=404)
 
     @app.exception_handler(Conflict)
     async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
-        return JSONResponse(error_body("conflict", str(exc)), status_code=409)
+        return JSONResponse(error_body("conflict", str(exc), 409), status_code=409)
 
     @app.exception_handler(StoreUnavailable)
     async def _store(_: Request, exc: StoreUnavailable) -> JSONResponse:
         log.error("qdrant.unavailable error=%s", exc)
-        return JSONResponse(error_body("qdrant_unavailable", str(exc), component="qdrant"), status_code=503)
+        return JSONResponse(error_body("qdrant_unavailable", str(exc), 503, component="qdrant"), status_code=503)
 
     @app.exception_handler(BrokerUnavailable)
     async def _broker(_: Request, exc: BrokerUnavailable) -> JSONResponse:
         log.error("broker.unavailable error=%s", exc)
-        return JSONResponse(error_body("broker_unavailable", str(exc), component="broker"), status_code=503)
+        return JSONResponse(error_body("broker_unavailable", str(exc), 503, component="broker"), status_code=503)
+
+    @app.exception_handler(PromptTooLong)
+    async def _too_long(_: Request, exc: PromptTooLong) -> JSONResponse:
+        return JSONResponse(error_body("context_length_exceeded", str(exc), 400, param="question"), status_code=400)

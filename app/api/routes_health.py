@@ -1,10 +1,11 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from app.api.deps import ContainerDep
@@ -46,3 +47,10 @@ async def readyz(container: ContainerDep) -> JSONResponse:
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503
     )
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(container: ContainerDep) -> Response:
+    """Prometheus exposition: answers by kind, LLM tokens, time to first token, feedback."""
+    body = await run_in_threadpool(generate_latest, container.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -107,11 +107,28 @@ class AnswerIn(BaseModel):
     model_config = ConfigDict(str_strip_whitespace=True)
     question: str = Field(min_length=1, max_length=2000)
     mode: SearchMode = SearchMode.HYBRID
+    stream: bool = Field(False, description="server-sent events: start, token…, citations, done")
+    conversation_id: str | None = Field(None, max_length=32, description="continue this conversation")
+
+
+class AnswerCitationOut(CitationOut):
+    number: int  # the [n] marker in the answer
 
 
 class AnswerOut(BaseModel):
     answer: str
     extractive: bool
+    abstained: bool = False
+    fallback: str = ""  # why the extractive answer replaced a generated one
+    model: str = ""
     confidence: float | None = None
-    citations: list[CitationOut]
+    citations: list[AnswerCitationOut]
     usage: dict[str, object]
+    conversation_id: str | None = None
+    message_id: str | None = None
+
+
+class FeedbackIn(BaseModel):
+    message_id: str = Field(min_length=1, max_length=32)
+    rating: Literal[1, -1] = Field(description="1: thumbs up, -1: thumbs down")
+    comment: str = Field("", max_length=2000)

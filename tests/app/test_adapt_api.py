@@ -12,8 +12,7 @@ import pytest
 
 from app.container import Container
 from app.settings import Settings
-from tests.app.test_api import make_key
-from tests.conftest import REPO, SHARED_EVAL, Server, redis_db_url, start_server, wait_job
+from tests.conftest import REPO, SHARED_EVAL, Server, make_key, redis_db_url, start_server, wait_job
 
 
 def documentation(corpus: Path, docs: int = 40) -> Path:

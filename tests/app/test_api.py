@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import REPO, Server, wait_job
-
-
-def make_key(server: Server, name: str, groups: str = "", admin: bool = False) -> str:
-    args = [sys.executable, "-m", "app.cli", "keys", "create", name, "--groups", groups] + (
-        ["--admin"] if admin else []
-    )
-    out = subprocess.run(args, cwd=REPO, env=server.env, capture_output=True, text=True, check=True).stdout
-    return str(json.loads(out.strip().splitlines()[-1])["key"])
+from tests.conftest import Server, make_key, wait_job
 
 
 @pytest.fixture

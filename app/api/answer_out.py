@@ -1,0 +1,68 @@
+"""An Answer as the REST API shows it, in one JSON body or as server-sent events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+
+from app.api.errors import error_body
+from app.api.schemas import AnswerCitationOut, AnswerOut
+from app.chat import TurnEvent, TurnStarted
+from app.services import Answer, PromptTooLong, Restart
+from retrieval.store import StoreUnavailable
+from retrieval.types import Usage
+
+
+def usage_out(usage: Usage) -> dict[str, object]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "stages_ms": usage.stages_ms,
+    }
+
+
+def citations_out(answer: Answer) -> list[AnswerCitationOut]:
+    return [AnswerCitationOut(number=i, **asdict(c)) for i, c in enumerate(answer.citations, start=1)]
+
+
+def answer_out(answer: Answer, started: TurnStarted | None = None) -> AnswerOut:
+    return AnswerOut(
+        answer=answer.text,
+        extractive=answer.extractive,
+        abstained=answer.abstained,
+        fallback=answer.fallback,
+        model=answer.model,
+        confidence=answer.confidence,
+        citations=citations_out(answer),
+        usage=usage_out(answer.usage),
+        conversation_id=started.conversation_id if started else None,
+        message_id=started.message_id if started else None,
+    )
+
+
+def _event(name: str, data: object) -> str:
+    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def sse(events: AsyncIterator[TurnEvent]) -> AsyncIterator[str]:
+    """start → token… (restart) → citations → done; a failure after the start is an `error` event."""
+    started: TurnStarted | None = None
+    try:
+        async for item in events:
+            if isinstance(item, TurnStarted):
+                started = item
+                yield _event("start", asdict(item))
+            elif isinstance(item, Restart):
+                yield _event("restart", {})
+            elif isinstance(item, Answer):
+                out = answer_out(item, started)
+                yield _event("citations", {"citations": [c.model_dump() for c in out.citations]})
+                yield _event("done", out.model_dump(exclude={"citations"}))
+            else:
+                yield _event("token", {"text": item})
+    except PromptTooLong as exc:
+        yield _event("error", error_body("context_length_exceeded", str(exc)))
+    except StoreUnavailable as exc:
+        yield _event("error", error_body("qdrant_unavailable", str(exc), 503, component="qdrant"))

@@ -1,0 +1,124 @@
+"""One chat turn: rewrite a follow-up into a standalone query, answer it, and keep both turns in SQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+
+from app.conversations import ConversationStore, standalone_query
+from app.llm import LLMClient, LLMUnavailable
+from app.prompt import rewrite_messages
+from app.services import Answer, AnswerService, Restart, StreamItem
+from retrieval.types import Principal, SearchMode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TurnStarted:
+    """First event of a turn: where it is stored and what retrieval searched for."""
+
+    conversation_id: str
+    message_id: str
+    search_query: str
+
+
+TurnEvent = TurnStarted | StreamItem
+
+
+def answer_meta(answer: Answer) -> dict[str, object]:
+    """What is kept of an answer besides its text and citations."""
+    return {
+        "extractive": answer.extractive,
+        "abstained": answer.abstained,
+        "fallback": answer.fallback,
+        "model": answer.model,
+        "confidence": answer.confidence,
+        "usage": asdict(answer.usage),
+    }
+
+
+class ChatService:
+    """Multi-turn answers. The question is stored before anything can fail; the answer when it ends
+    (`ok`), fails (`failed`) or the caller leaves mid-stream (`cancelled`)."""
+
+    def __init__(
+        self,
+        answers: AnswerService,
+        store: ConversationStore,
+        llm: LLMClient,
+        on_answer: Callable[[Answer], None] | None = None,
+    ) -> None:
+        self.answers = answers
+        self.store = store
+        self.llm = llm
+        self.on_answer = on_answer or (lambda _: None)
+
+    async def standalone(self, history: list[dict[str, str]], question: str) -> str:
+        """A follow-up rewritten to stand alone: by the LLM when there is one, by a rule otherwise."""
+        if not history:
+            return question
+        if self.llm.enabled:
+            try:
+                gen = await self.llm.complete(rewrite_messages(history, question), max_tokens=64)
+                rewritten = gen.text.strip().splitlines()[0].strip().strip('"') if gen.text.strip() else ""
+                if 3 <= len(rewritten) <= 500:
+                    return rewritten
+            except LLMUnavailable as exc:
+                log.warning("chat.rewrite_failed fallback=rule error=%s", exc)
+        return standalone_query(history, question)
+
+    async def reply(
+        self,
+        principal: Principal,
+        question: str,
+        history: list[dict[str, str]],
+        mode: SearchMode = SearchMode.HYBRID,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> AsyncIterator[StreamItem]:
+        """A stateless turn: the caller sends the history (the OpenAI-compatible endpoint)."""
+        query = await self.standalone(history, question)
+        async for item in self.answers.stream(principal, question, mode, history, query, max_tokens, temperature):
+            if isinstance(item, Answer):
+                self.on_answer(item)
+            yield item
+
+    async def turn(
+        self,
+        principal: Principal,
+        question: str,
+        conversation_id: str | None = None,
+        mode: SearchMode = SearchMode.HYBRID,
+    ) -> AsyncIterator[TurnEvent]:
+        """TurnStarted, then the answer stream (text deltas, maybe a Restart, the Answer)."""
+        conv = self.store.open(principal.name, conversation_id, question)
+        history = self.store.history(conv)
+        query = await self.standalone(history, question)
+        self.store.add_question(conv, question, query)
+        message_id = self.store.start_answer(conv)
+        yield TurnStarted(conv, message_id, query)
+        text, status = "", "failed"
+        answer: Answer | None = None
+        try:
+            async for item in self.answers.stream(principal, question, mode, history, search_query=query):
+                if isinstance(item, Answer):
+                    answer, status = item, "ok"
+                    self.on_answer(item)
+                elif isinstance(item, Restart):
+                    text = ""
+                else:
+                    text += item
+                yield item
+        except (GeneratorExit, asyncio.CancelledError):
+            status = "cancelled"  # the caller disconnected: the partial answer is kept as such
+            raise
+        finally:
+            if answer is not None:
+                meta = answer_meta(answer)
+                self.store.finish_answer(message_id, answer.text, status, answer.citations, meta)
+            else:
+                self.store.finish_answer(message_id, text, status, [], {})
+                log.warning("chat.turn_ended status=%s conversation=%s message=%s", status, conv, message_id)
