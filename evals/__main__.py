@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,34 @@ def _rerank_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _answers(args: argparse.Namespace) -> int:
+    from app.llm import LLMSettings
+    from evals.answers_bench import answer_eval, format_answers
+    from evals.beir import load_beir
+
+    llm = None
+    if args.llm_url or args.llm:
+        url = args.llm_url or os.environ.get("KB_TEST_LLM_URL") or os.environ.get("KB_LLM_BASE_URL", "")
+        model = args.llm_model or os.environ.get("KB_TEST_LLM_MODEL") or os.environ.get("KB_LLM_MODEL", "")
+        tokenizer = args.llm_tokenizer or os.environ.get("KB_TEST_LLM_TOKENIZER") or os.environ.get("KB_LLM_TOKENIZER")
+        if not (url and model):
+            raise SystemExit("--llm needs a server: --llm-url and --llm-model, or KB_TEST_LLM_URL / KB_TEST_LLM_MODEL")
+        llm = LLMSettings(base_url=url, model=model, tokenizer=tokenizer or model, timeout_s=args.llm_timeout)
+    off = load_beir(args.unanswerable) if args.unanswerable else None
+    result = answer_eval(
+        load_beir(args.dataset),
+        IndexSettings(),
+        args.cache_dir,
+        llm=llm,
+        limit=args.limit,
+        unanswerable=off,
+        rerank=RerankSettings(model=args.rerank_model or ""),
+    )
+    print(format_answers([result]))
+    _write(args.out, result)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the subcommand and run it; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="python -m evals", description=__doc__)
@@ -146,6 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--out", type=Path, help="write the result as JSON here")
     speed.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where indexed shards are kept")
     speed.set_defaults(func=_rerank_speed)
+    ans = sub.add_parser("answers", help="answer F1 / ROUGE-L, citation precision, abstention, latency, tokens")
+    ans.add_argument("--dataset", type=Path, required=True, help="BEIR folder whose queries have metadata.answer")
+    ans.add_argument("--unanswerable", type=Path, help="BEIR folder whose questions this corpus cannot answer")
+    ans.add_argument("--limit", type=int, help="at most this many questions of each set")
+    ans.add_argument("--llm", action="store_true", help="generate with the server in KB_TEST_LLM_* / KB_LLM_*")
+    ans.add_argument("--llm-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8011/v1")
+    ans.add_argument("--llm-model", help="served model name")
+    ans.add_argument("--llm-tokenizer", help="the served model's tokenizer (name or folder)")
+    ans.add_argument("--llm-timeout", type=float, default=120.0, help="seconds to wait for a token")
+    ans.add_argument("--rerank-model", help="rerank with this CrossEncoder first")
+    ans.add_argument("--out", type=Path, help="write the summary and every answer as JSON here")
+    ans.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where indexed shards are kept")
+    ans.set_defaults(func=_answers)
     add_ingest_parser(sub)
 
     args = parser.parse_args(argv)

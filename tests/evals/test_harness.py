@@ -130,13 +130,18 @@ def test_unknown_mode_is_refused_with_the_choices(tmp_path: Path, capsys: pytest
     assert "hybrid_rerank" in capsys.readouterr().err
 
 
-def test_compression_curve_keeps_answers_within_budget(tmp_path: Path) -> None:
-    dataset = write_beir(tmp_path / "tiny")
+def with_answers(dataset: Path) -> Path:
+    """Give every query its relevant document's text as the reference answer (queries.jsonl metadata)."""
     rows = [json.loads(line) for line in (dataset / "queries.jsonl").read_text().splitlines()]
     with (dataset / "queries.jsonl").open("w") as handle:
         for row in rows:
             answer = DOCS[QUERIES[row["_id"]][1]]
             handle.write(json.dumps({**row, "metadata": {"answer": answer}}) + "\n")
+    return dataset
+
+
+def test_compression_curve_keeps_answers_within_budget(tmp_path: Path) -> None:
+    dataset = with_answers(write_beir(tmp_path / "tiny"))
     out = tmp_path / "compress.json"
 
     code = main(

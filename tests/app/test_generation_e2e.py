@@ -1,0 +1,136 @@
+"""Generated answers against a real model server (vLLM, or llama.cpp's server): `make e2e` starts one and sets
+KB_TEST_LLM_URL / KB_TEST_LLM_MODEL / KB_TEST_LLM_TOKENIZER; without them these tests are skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from app.llm import TokenCounter
+from app.prompt import build_messages, order_passages
+from retrieval.types import Citation
+from tests.app.test_answers_api import VACATION, sse_events
+from tests.conftest import SAMPLE, Server, index_corpus, redis_db_url, start_server
+
+LLM_URL = os.environ.get("KB_TEST_LLM_URL", "")
+LLM_MODEL = os.environ.get("KB_TEST_LLM_MODEL", "")
+LLM_TOKENIZER = os.environ.get("KB_TEST_LLM_TOKENIZER", "")
+VLLM = os.environ.get("KB_TEST_LLM_BACKEND", "vllm") == "vllm"  # vLLM's /metrics show what the server did
+pytestmark = [
+    pytest.mark.llm,
+    pytest.mark.skipif(not LLM_URL, reason="needs a model server: run `make e2e` (sets KB_TEST_LLM_URL)"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {
+        "KB_LLM_BASE_URL": LLM_URL,
+        "KB_LLM_MODEL": LLM_MODEL,
+        "KB_LLM_TOKENIZER": LLM_TOKENIZER,
+        "KB_LLM_TIMEOUT_SECONDS": "120",
+        "KB_LLM_MAX_TOKENS": "96",
+        "HF_HUB_OFFLINE": "1",
+    }
+    srv = start_server(tmp_path_factory.mktemp("llm") / "data", redis_db_url(12), env)
+    try:
+        index_corpus(srv, SAMPLE)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def server_metric(name: str) -> float:
+    """A counter or gauge of the model server's Prometheus /metrics, summed over its labels."""
+    text = httpx.get(LLM_URL.removesuffix("/v1") + "/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if re.match(rf"{re.escape(name)}[{{ ]", line)
+    )
+
+
+def test_a_generated_answer_streams_token_by_token_and_cites_real_passages(server: Server) -> None:
+    with server.client() as c:
+        r = c.post("/v1/answer", json={"question": VACATION, "stream": True}, timeout=300)
+    events = sse_events(r)
+    tokens = [d["text"] for e, d in events if e == "token"]
+    done = events[-1][1]
+    assert events[-1][0] == "done", events[-3:]
+    assert done["extractive"] is False and done["fallback"] == "" and done["model"] == LLM_MODEL
+    assert len(tokens) >= 5, tokens  # it streamed, not one block at the end
+    assert "".join(str(t) for t in tokens).strip() == done["answer"]
+    usage = done["usage"]
+    assert usage["prompt_tokens"] > 100 and 0 < usage["completion_tokens"] <= 96
+    citations = events[-2][1]["citations"]
+    numbers = {int(n) for n in re.findall(r"\[(\d+)\]", str(done["answer"]))}
+    assert numbers <= {c["number"] for c in citations}  # every marker left points at a listed passage
+    sample_docs = {f"handbook:{p.name}" for p in SAMPLE.iterdir()}
+    assert all(c["doc_id"] in sample_docs and c["text"] for c in citations)
+
+
+def test_the_openai_client_gets_a_generated_cited_answer(server: Server) -> None:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.admin_key, max_retries=0, timeout=300)
+    reply = client.chat.completions.create(model="kb", messages=[{"role": "user", "content": VACATION}])
+    assert reply.choices[0].message.content
+    assert reply.usage is not None and reply.usage.prompt_tokens > 100 and reply.usage.completion_tokens > 0
+    extra = reply.model_extra or {}
+    assert extra["kb"]["extractive"] is False and isinstance(extra["citations"], list)
+    stream = client.chat.completions.create(
+        model="kb", messages=[{"role": "user", "content": VACATION}], stream=True, max_tokens=16
+    )
+    pieces = [ch.choices[0].delta.content for ch in stream if ch.choices and ch.choices[0].delta.content]
+    assert len(pieces) >= 3
+
+
+def test_an_off_topic_question_gets_i_dont_know_without_asking_the_model(server: Server) -> None:
+    before = server_metric("vllm:request_success_total") if VLLM else None
+    with server.client() as c:
+        body = c.post("/v1/answer", json={"question": "Which volcano erupted in Iceland in 2010?"}, timeout=300).json()
+    assert body["abstained"] is True and body["citations"] == [] and "don't know" in body["answer"]
+    if before is not None:
+        assert server_metric("vllm:request_success_total") == before
+
+
+def test_a_client_that_disconnects_stops_generation_upstream(server: Server) -> None:
+    with (
+        server.client() as c,
+        c.stream(
+            "POST",
+            "/v1/answer",
+            json={"question": "Describe the expense policy in detail.", "stream": True},
+            timeout=300,
+        ) as r,
+    ):
+        started = None
+        for line in r.iter_lines():
+            if line.startswith("data: ") and started is None:
+                started = json.loads(line[6:])
+            if line == "event: token":
+                break  # the first token arrived: leave mid-answer
+    assert started is not None
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        with server.client() as c:
+            msg = c.get(f"/v1/conversations/{started['conversation_id']}").json()["messages"][-1]
+        if msg["status"] != "pending" and (not VLLM or server_metric("vllm:num_requests_running") == 0):
+            break
+        time.sleep(0.5)
+    assert msg["status"] == "cancelled"  # kept, marked as cut short
+    if VLLM:
+        assert server_metric("vllm:num_requests_running") == 0  # the model server stopped generating
+
+
+def test_prompt_token_counts_match_the_servers_own() -> None:
+    counter = TokenCounter(LLM_TOKENIZER, lambda t: len(t.split()))
+    assert counter.exact
+    passages = order_passages([(Citation("d", "p.md", "Vacation", 0, ""), "Every employee gets 25 vacation days.")])
+    messages = build_messages(passages, [], VACATION)
+    client = openai.OpenAI(base_url=LLM_URL, api_key="none", max_retries=0, timeout=120)
+    reply = client.chat.completions.create(model=LLM_MODEL, messages=messages, max_tokens=1)  # type: ignore[arg-type]
+    assert reply.usage is not None and reply.usage.prompt_tokens == counter.chat_tokens(messages)
