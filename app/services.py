@@ -184,14 +184,15 @@ class AnswerService:
         return asyncio.run(collect())
 
     # -- generated --------------------------------------------------------------------------------------
-    def _passages(self, context: CompressedContext) -> list[Passage]:
+    def _evidence_texts(self, context: CompressedContext) -> list[tuple[Citation, str]]:
+        """Each passage's kept sentences as one quoted text with its citation, best-ranked passage first."""
         evidence: list[tuple[Citation, str]] = []
         for hit, kept in context.passages:
             text = " … ".join(" ".join(k.text.split()) for k in kept)
             c = hit.citation
             start, end = kept[0].citation.start_char, kept[-1].citation.end_char
             evidence.append((Citation(c.doc_id, c.path, c.title, c.chunk, text, start, end), text))
-        return order_passages(evidence)
+        return evidence
 
     @property
     def prompt_limit(self) -> int:
@@ -203,19 +204,23 @@ class AnswerService:
         if self.llm.enabled:
             self._fit([], [], question)
 
-    def _fit(self, passages: list[Passage], history: list[dict[str, str]], question: str) -> list[dict[str, str]]:
-        """Messages that fit the context window with the output budget: oldest turns go first, then passages."""
+    def _fit(
+        self, evidence: list[tuple[Citation, str]], history: list[dict[str, str]], question: str
+    ) -> tuple[list[dict[str, str]], list[Passage]]:
+        """Messages (and their numbered passages) that fit the window with the output budget: the oldest turns
+        go first, then the lowest-ranked passages (`evidence` is in rank order)."""
         limit = self.prompt_limit
         history = list(history)
         while True:
+            passages = order_passages(evidence)
             messages = build_messages(passages, history, question)
             used = self.tokens.chat_tokens(messages)
             if used <= limit:
-                return messages
+                return messages, passages
             if history:
                 history = history[2:] if len(history) > 1 else []
-            elif passages:
-                passages = passages[:-1]
+            elif evidence:
+                evidence = evidence[:-1]
             else:
                 raise PromptTooLong(
                     f"the question takes {used} tokens with the instructions; the model's window leaves "
@@ -257,10 +262,9 @@ class AnswerService:
             yield answer.text
             yield answer
             return
-        passages = self._passages(ev.context)
         s = self.settings
         out_tokens = min(max_tokens or s.max_tokens, s.max_tokens)
-        messages = self._fit(passages, history or [], question)
+        messages, passages = self._fit(self._evidence_texts(ev.context), history or [], question)
         cites = CitationFilter(passages)
         done: list[Generation] = []
         text = ""
