@@ -1,118 +1,35 @@
 // The kb chat page: sign in with an API key, ask, watch the cited answer stream, reopen conversations.
-// Model and document text is only ever put into the page as text nodes, never parsed as HTML.
-"use strict";
-
-const KEY_STORAGE = "kb.apiKey";
-const CITE_MARKER = /\[(\d{1,3})\]/g;
+// This module holds the page's state and wires its events; api.js talks to the server, render.js builds the DOM.
+import { api, forgetKey, getJson, readEvents, saveKey, storedKey, whenUnauthorized } from "./api.js";
+import {
+  $,
+  addAssistantMessage,
+  addUserMessage,
+  clearThread,
+  closePassage,
+  markCurrent,
+  passageIsOpen,
+  renderConversations,
+  scrollToEnd,
+  showNotice,
+} from "./render.js";
 
 const state = {
-  key: localStorage.getItem(KEY_STORAGE) || "",
   user: null,
   conversationId: null,
   controller: null, // AbortController of the answer being streamed
 };
 
-const $ = (selector) => document.querySelector(selector);
-const welcome = $("#welcome"); // shown in an empty thread, detached and put back by clearThread
+whenUnauthorized((message) => {
+  if (state.user) signOut(message);
+});
 
-/** Build an element: el("p", {className: "x"}, "text", child). Strings become text nodes. */
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(props)) {
-    if (name === "dataset") Object.assign(node.dataset, value);
-    else if (name.startsWith("aria-") || name === "role") node.setAttribute(name, value);
-    else node[name] = value;
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
+function sendFeedback(messageId, rating) {
+  return api("/v1/feedback", { method: "POST", body: { message_id: messageId, rating } });
 }
 
-// ---------------------------------------------------------------- HTTP
-
-class ApiError extends Error {
-  constructor(status, code, message) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
-}
-
-/** The `{"error": {"message"}}` of a failed response, or a sentence when the body is not ours. */
-async function errorOf(resp) {
-  let code = "http_error";
-  let message = `The server answered ${resp.status} ${resp.statusText}.`.replace(" .", ".");
-  try {
-    const body = await resp.json();
-    if (body && body.error && body.error.message) {
-      message = body.error.message;
-      code = body.error.code || code;
-    }
-  } catch (_) {
-    // not JSON (a proxy's error page): keep the status line
-  }
-  return new ApiError(resp.status, code, message);
-}
-
-/** fetch with the key; throws ApiError on a non-2xx answer and signs out when the key stops working. */
-async function api(path, { method = "GET", body, signal, key = state.key, headers = {} } = {}) {
-  const init = { method, signal, headers: { Authorization: `Bearer ${key}`, ...headers } };
-  if (body !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  let resp;
-  try {
-    resp = await fetch(path, init);
-  } catch (err) {
-    if (err.name === "AbortError") throw err;
-    throw new ApiError(0, "network", "Cannot reach the server. Check your connection and try again.");
-  }
-  if (!resp.ok) {
-    const error = await errorOf(resp);
-    if (resp.status === 401 && key === state.key && state.user) signOut(error.message);
-    throw error;
-  }
-  return resp;
-}
-
-/** Server-sent events of a response body, parsed by hand: blocks split by a blank line. */
-async function* readEvents(body) {
-  const reader = body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer = (buffer + decoder.decode(value, { stream: true })).replace(/\r\n?/g, "\n");
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const event = parseEvent(buffer.slice(0, end));
-        buffer = buffer.slice(end + 2);
-        if (event) yield event;
-      }
-    }
-    const last = parseEvent(buffer + decoder.decode());
-    if (last) yield last;
-  } finally {
-    reader.releaseLock();
-  }
-}
-
-function parseEvent(block) {
-  let name = "message";
-  const data = [];
-  for (const line of block.split("\n")) {
-    if (!line || line.startsWith(":")) continue; // blank, or a comment (keep-alive)
-    const colon = line.indexOf(":");
-    const field = colon < 0 ? line : line.slice(0, colon);
-    let value = colon < 0 ? "" : line.slice(colon + 1);
-    if (value.startsWith(" ")) value = value.slice(1);
-    if (field === "event") name = value;
-    else if (field === "data") data.push(value);
-  }
-  if (!data.length) return null;
-  return { name, data: JSON.parse(data.join("\n")) };
+function newAnswer() {
+  return addAssistantMessage({ onRate: sendFeedback });
 }
 
 // ---------------------------------------------------------------- sign in
@@ -139,10 +56,8 @@ function showApp(user) {
 }
 
 async function signIn(key) {
-  const resp = await api("/v1/me", { key });
-  const user = await resp.json();
-  state.key = key;
-  localStorage.setItem(KEY_STORAGE, key);
+  const user = await getJson("/v1/me", { key });
+  saveKey(key);
   showApp(user);
   const fromUrl = conversationInUrl();
   if (fromUrl) await openConversation(fromUrl);
@@ -152,8 +67,7 @@ async function signIn(key) {
 
 function signOut(message = "") {
   stopStreaming();
-  state.key = "";
-  localStorage.removeItem(KEY_STORAGE);
+  forgetKey();
   $("#conversations").replaceChildren();
   closePassage();
   newChat();
@@ -192,59 +106,22 @@ function conversationInUrl() {
 function setConversation(id) {
   state.conversationId = id;
   history.replaceState(null, "", id ? `#c=${id}` : location.pathname + location.search);
-  markCurrent();
-}
-
-function markCurrent() {
-  for (const item of document.querySelectorAll("#conversations li")) {
-    const current = item.dataset.id === state.conversationId;
-    item.classList.toggle("current", current);
-    const open = item.querySelector(".conv-open");
-    if (current) open.setAttribute("aria-current", "true");
-    else open.removeAttribute("aria-current");
-  }
-}
-
-function when(iso) {
-  if (!iso) return "";
-  const date = new Date(iso);
-  const sameDay = date.toDateString() === new Date().toDateString();
-  return sameDay
-    ? date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
-    : date.toLocaleDateString([], { day: "numeric", month: "short" });
+  markCurrent(id);
 }
 
 async function refreshConversations() {
   const error = $("#conversations-error");
   let list;
   try {
-    list = (await (await api("/v1/conversations")).json()).conversations;
+    list = (await getJson("/v1/conversations")).conversations;
     error.hidden = true;
   } catch (err) {
     error.textContent = `Could not load conversations: ${err.message}`;
     error.hidden = false;
     return;
   }
-  const items = list.map((c) => {
-    const open = el(
-      "button",
-      { type: "button", className: "conv-open", title: c.title },
-      el("span", { className: "conv-title" }, c.title || "Untitled"),
-      el("time", { className: "conv-time", dateTime: c.updated_at || "" }, when(c.updated_at)),
-    );
-    open.addEventListener("click", () => openConversation(c.id));
-    const remove = el("button", {
-      type: "button",
-      className: "conv-delete button-quiet",
-      title: "Delete this conversation",
-      "aria-label": `Delete conversation: ${c.title}`,
-    }, "×");
-    remove.addEventListener("click", () => deleteConversation(c));
-    return el("li", { dataset: { id: c.id } }, open, remove);
-  });
-  $("#conversations").replaceChildren(...items);
-  $("#conversations-empty").hidden = list.length > 0;
-  markCurrent();
+  renderConversations(list, { onOpen: (c) => openConversation(c.id), onDelete: deleteConversation });
+  markCurrent(state.conversationId);
 }
 
 async function openConversation(id) {
@@ -252,7 +129,7 @@ async function openConversation(id) {
   closePassage();
   let conv;
   try {
-    conv = await (await api(`/v1/conversations/${encodeURIComponent(id)}`)).json();
+    conv = await getJson(`/v1/conversations/${encodeURIComponent(id)}`);
   } catch (err) {
     if (err.status === 404) {
       newChat();
@@ -268,7 +145,7 @@ async function openConversation(id) {
       addUserMessage(message.content);
       continue;
     }
-    const bubble = addAssistantMessage();
+    const bubble = newAnswer();
     bubble.messageId = message.id;
     const citations = (message.citations || []).map((c, i) => ({ ...c, number: i + 1 }));
     if (message.status === "ok") {
@@ -306,200 +183,11 @@ function newChat() {
 
 $("#new-chat").addEventListener("click", newChat);
 
-// ---------------------------------------------------------------- the thread
-
-function clearThread() {
-  $("#thread").replaceChildren(welcome);
-  welcome.hidden = false;
-}
-
-function scrollToEnd() {
-  const thread = $("#thread");
-  thread.scrollTop = thread.scrollHeight;
-}
-
-function showNotice(text) {
-  welcome.hidden = true;
-  $("#thread").append(el("p", { className: "notice", role: "status" }, text));
-  scrollToEnd();
-}
-
-function addUserMessage(text) {
-  welcome.hidden = true;
-  const node = el("article", { className: "message user", "aria-label": "Your question" },
-    el("p", { className: "bubble" }, text));
-  $("#thread").append(node);
-  return node;
-}
-
-/** Text with its [n] markers turned into buttons that open the passage. */
-function citedText(text, citations) {
-  const byNumber = new Map(citations.map((c) => [c.number, c]));
-  const nodes = [];
-  let last = 0;
-  for (const match of text.matchAll(CITE_MARKER)) {
-    const citation = byNumber.get(Number(match[1]));
-    if (!citation) continue; // a number without a source stays plain text
-    nodes.push(text.slice(last, match.index), citeButton(citation, match[0]));
-    last = match.index + match[0].length;
-  }
-  nodes.push(text.slice(last));
-  return nodes.filter((n) => n !== "");
-}
-
-function citeButton(citation, label) {
-  const button = el("button", {
-    type: "button",
-    className: "cite",
-    dataset: { n: String(citation.number) },
-    title: citation.title || citation.path,
-    "aria-label": `Source ${citation.number}: ${citation.title || citation.path}`,
-  }, label);
-  button.addEventListener("click", () => openPassage(citation, button));
-  return button;
-}
-
-function label(done) {
-  if (done.abstained) return { text: "no answer in your documents", kind: "abstained" };
-  if (done.extractive) return { text: "quoted from the documents", kind: "extractive" };
-  return { text: `generated by ${done.model || "the model"}`, kind: "generated" };
-}
-
-/** An assistant message: text that streams in, then citations, label, sources and feedback. */
-function addAssistantMessage() {
-  welcome.hidden = true;
-  const text = el("div", { className: "answer-text" });
-  const bubble = el("div", { className: "bubble" }, text);
-  const node = el("article", { className: "message assistant streaming", "aria-label": "Answer", "aria-busy": "true" },
-    bubble);
-  $("#thread").append(node);
-
-  const message = {
-    node,
-    messageId: null,
-    append(piece) {
-      text.append(piece);
-      scrollToEnd();
-    },
-    setText(value) {
-      text.replaceChildren(value);
-    },
-    finish(done, citations, rating = null) {
-      text.replaceChildren(...citedText(done.answer || "", citations));
-      const { text: labelText, kind } = label(done);
-      const tag = el("span", { className: `answer-label ${kind}` }, labelText);
-      if (done.fallback) tag.title = `The model was not used: ${done.fallback}`;
-      const footer = el("div", { className: "answer-footer" }, tag);
-      if (this.messageId) footer.append(feedbackButtons(this.messageId, rating));
-      bubble.append(footer);
-      if (citations.length) bubble.append(sourcesList(citations));
-      this.settle();
-    },
-    error(messageText) {
-      node.classList.add("failed");
-      bubble.append(el("p", { className: "error", role: "alert" }, messageText));
-      this.settle();
-    },
-    note(noteText) {
-      bubble.append(el("p", { className: "note" }, noteText));
-      this.settle();
-    },
-    settle() {
-      node.classList.remove("streaming");
-      node.removeAttribute("aria-busy");
-      scrollToEnd();
-    },
-  };
-  return message;
-}
-
-function sourcesList(citations) {
-  const items = citations.map((c) => {
-    const button = el("button", { type: "button", className: "source", title: c.path },
-      el("span", { className: "source-number" }, `[${c.number}]`),
-      el("span", { className: "source-name" },
-        el("span", { className: "source-title" }, c.title || c.path),
-        el("span", { className: "source-path" }, c.path)));
-    button.addEventListener("click", () => openPassage(c, button));
-    return el("li", {}, button);
-  });
-  return el("details", { className: "sources", open: true },
-    el("summary", {}, citations.length === 1 ? "1 source" : `${citations.length} sources`),
-    el("ol", {}, ...items));
-}
-
-const SVG_NS = "http://www.w3.org/2000/svg";
-const THUMB_PATH = "M14 9V5a3 3 0 0 0-3-3l-4 9v11h11.28a2 2 0 0 0 2-1.7l1.38-9a2 2 0 0 0-2-2.3zM7 22H4a2 2 0 0 1-2-2v-7a2 2 0 0 1 2-2h3";
-
-/** A thumb icon drawn inline: no icon font or emoji font needs to be installed. */
-function thumbIcon() {
-  const svg = document.createElementNS(SVG_NS, "svg");
-  svg.setAttribute("viewBox", "0 0 24 24");
-  svg.setAttribute("aria-hidden", "true");
-  const path = document.createElementNS(SVG_NS, "path");
-  path.setAttribute("d", THUMB_PATH);
-  svg.append(path);
-  return svg;
-}
-
-function feedbackButtons(messageId, rating) {
-  const up = el("button", { type: "button", className: "thumb thumb-up", title: "Helpful", "aria-label": "Helpful" },
-    thumbIcon());
-  const down = el("button", {
-    type: "button", className: "thumb thumb-down", title: "Not helpful", "aria-label": "Not helpful",
-  }, thumbIcon());
-  const status = el("span", { className: "feedback-status", role: "status" });
-  const show = (value) => {
-    for (const [button, own] of [[up, 1], [down, -1]]) {
-      button.classList.toggle("selected", value === own);
-      button.setAttribute("aria-pressed", String(value === own));
-    }
-  };
-  const rate = async (value) => {
-    status.textContent = "";
-    try {
-      await api("/v1/feedback", { method: "POST", body: { message_id: messageId, rating: value } });
-      show(value);
-      status.textContent = "Thanks for the feedback.";
-    } catch (err) {
-      status.textContent = `Feedback not saved: ${err.message}`;
-    }
-  };
-  up.addEventListener("click", () => rate(1));
-  down.addEventListener("click", () => rate(-1));
-  show(rating);
-  return el("span", { className: "feedback" }, up, down, status);
-}
-
 // ---------------------------------------------------------------- the passage panel
-
-let passageOpener = null;
-
-function openPassage(citation, opener) {
-  passageOpener = opener;
-  $("#passage-number").textContent = `[${citation.number}]`;
-  $("#passage-title").textContent = citation.title || citation.path;
-  const path = $("#passage-path");
-  if (/^https?:\/\//i.test(citation.path)) {
-    path.replaceChildren(el("a", { href: citation.path, target: "_blank", rel: "noopener noreferrer" }, citation.path));
-  } else {
-    path.replaceChildren(el("code", {}, citation.path));
-  }
-  $("#passage-text").textContent = citation.text;
-  const panel = $("#passage");
-  panel.hidden = false;
-  panel.focus();
-}
-
-function closePassage() {
-  $("#passage").hidden = true;
-  if (passageOpener && document.contains(passageOpener)) passageOpener.focus();
-  passageOpener = null;
-}
 
 $("#passage-close").addEventListener("click", closePassage);
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && !$("#passage").hidden) closePassage();
+  if (event.key === "Escape" && passageIsOpen()) closePassage();
 });
 
 // ---------------------------------------------------------------- asking
@@ -518,7 +206,8 @@ function stopStreaming() {
 }
 
 async function ask(question) {
-  const bubble = (addUserMessage(question), addAssistantMessage());
+  addUserMessage(question);
+  const bubble = newAnswer();
   scrollToEnd();
   const controller = new AbortController();
   state.controller = controller;
@@ -593,8 +282,8 @@ $("#stop").addEventListener("click", stopStreaming);
 
 // ---------------------------------------------------------------- start
 
-if (state.key) {
-  signIn(state.key).catch((err) => {
+if (storedKey()) {
+  signIn(storedKey()).catch((err) => {
     if (err.status === 401) signOut(`Please sign in again: ${err.message}`);
     else showSignIn(err.message);
   });
