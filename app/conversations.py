@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.models import Conversation, Feedback, Message
@@ -132,11 +132,10 @@ class ConversationStore:
     def delete(self, owner: str, conversation_id: str) -> None:
         with self.sessions() as db:
             conv = self._own(db, owner, conversation_id)
-            for m in db.scalars(select(Message).where(Message.conversation_id == conv.id)):
-                for f in db.scalars(select(Feedback).where(Feedback.message_id == m.id)):
-                    db.delete(f)
-                db.delete(m)
-            db.delete(conv)
+            turns = select(Message.id).where(Message.conversation_id == conv.id)
+            db.execute(delete(Feedback).where(Feedback.message_id.in_(turns)))
+            db.execute(delete(Message).where(Message.conversation_id == conv.id))
+            db.execute(delete(Conversation).where(Conversation.id == conv.id))
             db.commit()
 
     def rate(self, owner: str, message_id: str, rating: int, comment: str = "") -> None:

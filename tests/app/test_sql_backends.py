@@ -12,9 +12,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import create_key, resolve_key
+from app.conversations import ConversationStore
 from app.db import init_db
 from ingestion import catalog
+from ingestion.catalog import NotFound
 from ingestion.models import Document
+from retrieval.types import Citation
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -84,3 +87,36 @@ def test_a_database_from_before_a_new_nullable_column_is_upgraded_in_place(sessi
         with pytest.raises(catalog.Conflict):
             catalog.open_adapt(db, 60.0)  # one adaptation at a time
     upgraded.kw["bind"].dispose()
+
+
+def test_conversations_turns_and_feedback_round_trip(sessions: sessionmaker[Session]) -> None:
+    store = ConversationStore(sessions)
+    conv = store.open("alice", None, "How many vacation days do I get?")
+    assert store.open("alice", conv, "ignored") == conv
+    with pytest.raises(NotFound):
+        store.open("bob", conv, "not yours")
+    store.add_question(conv, "How many vacation days do I get?", "How many vacation days do I get?")
+    answer = store.start_answer(conv)
+    cite = Citation("handbook:vacation.md", "vacation.md", "Vacation", 0, "25 days", 0, 7)
+    store.finish_answer(answer, "25 days [1].", "ok", [cite], {"extractive": True})
+    store.add_question(conv, "Do they expire?", "How many vacation days do I get? Do they expire?")
+    failed = store.start_answer(conv)
+    store.finish_answer(failed, "", "failed", [], {})
+
+    # the failed answer is not history for the model, but the question that preceded it is kept
+    assert store.history(conv) == [
+        {"role": "user", "content": "How many vacation days do I get?"},
+        {"role": "assistant", "content": "25 days [1]."},
+        {"role": "user", "content": "Do they expire?"},
+    ]
+    store.rate("alice", answer, -1)
+    store.rate("alice", answer, 1, "right")
+    with pytest.raises(NotFound):
+        store.rate("bob", answer, 1)
+    assert store.feedback_counts() == {"up": 1, "down": 0}
+    shown = store.get("alice", conv)
+    assert [m["status"] for m in shown["messages"]] == ["ok", "ok", "ok", "failed"]
+    assert shown["messages"][1]["rating"] == 1 and shown["messages"][1]["citations"][0]["doc_id"] == cite.doc_id
+    assert [c["id"] for c in store.list("alice")] == [conv] and store.list("bob") == []
+    store.delete("alice", conv)
+    assert store.list("alice") == [] and store.feedback_counts() == {"up": 0, "down": 0}
