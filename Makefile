@@ -42,3 +42,11 @@ eval: $(STAMP)  ## quality benchmarks on the dev sets: four retrieval modes (ada
 
 clean:
 	rm -rf data .pytest_cache .mypy_cache .ruff_cache
+
+# Real model server on loopback (deploy/local/llm_server.sh): LLM tests + answer eval, server always stopped after.
+E2E_BACKEND  ?= $(or $(KB_E2E_BACKEND),vllm)
+E2E_LLM_PORT ?= $(or $(KB_E2E_LLM_PORT),8011)
+
+.PHONY: e2e
+e2e: $(STAMP) services  ## LLM tests and answer eval against a real local model server (KB_E2E_BACKEND=vllm|llamacpp)
+	BIN=$(BIN) KB_E2E_BACKEND=$(E2E_BACKEND) KB_E2E_LLM_PORT=$(E2E_LLM_PORT) bash deploy/local/e2e.sh

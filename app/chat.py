@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import asdict, dataclass
 
 from app.conversations import ConversationStore, standalone_query
@@ -34,6 +35,7 @@ def answer_meta(answer: Answer) -> dict[str, object]:
         "extractive": answer.extractive,
         "abstained": answer.abstained,
         "fallback": answer.fallback,
+        "attributed": answer.attributed,
         "model": answer.model,
         "confidence": answer.confidence,
         "usage": asdict(answer.usage),
@@ -78,13 +80,15 @@ class ChatService:
         mode: SearchMode = SearchMode.HYBRID,
         max_tokens: int | None = None,
         temperature: float | None = None,
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         """A stateless turn: the caller sends the history (the OpenAI-compatible endpoint)."""
         query = await self.standalone(history, question)
-        async for item in self.answers.stream(principal, question, mode, history, query, max_tokens, temperature):
-            if isinstance(item, Answer):
-                self.on_answer(item)
-            yield item
+        items = self.answers.stream(principal, question, mode, history, query, max_tokens, temperature)
+        async with aclosing(items):
+            async for item in items:
+                if isinstance(item, Answer):
+                    self.on_answer(item)
+                yield item
 
     async def turn(
         self,
@@ -92,7 +96,7 @@ class ChatService:
         question: str,
         conversation_id: str | None = None,
         mode: SearchMode = SearchMode.HYBRID,
-    ) -> AsyncIterator[TurnEvent]:
+    ) -> AsyncGenerator[TurnEvent, None]:
         """TurnStarted, then the answer stream (text deltas, maybe a Restart, the Answer)."""
         conv = self.store.open(principal.name, conversation_id, question)
         history = self.store.history(conv)
@@ -103,15 +107,16 @@ class ChatService:
         text, status = "", "failed"
         answer: Answer | None = None
         try:
-            async for item in self.answers.stream(principal, question, mode, history, search_query=query):
-                if isinstance(item, Answer):
-                    answer, status = item, "ok"
-                    self.on_answer(item)
-                elif isinstance(item, Restart):
-                    text = ""
-                else:
-                    text += item
-                yield item
+            async with aclosing(self.answers.stream(principal, question, mode, history, search_query=query)) as items:
+                async for item in items:
+                    if isinstance(item, Answer):
+                        answer, status = item, "ok"
+                        self.on_answer(item)
+                    elif isinstance(item, Restart):
+                        text = ""
+                    else:
+                        text += item
+                    yield item
         except (GeneratorExit, asyncio.CancelledError):
             status = "cancelled"  # the caller disconnected: the partial answer is kept as such
             raise

@@ -8,8 +8,12 @@ numbered by first appearance, so the answer's [1] is the first entry of the cita
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+
+import numpy as np
 
 from app.prompt import Passage
+from retrieval.compress import split_sentences, unit_vectors
 
 _MARKER = re.compile(r"\[\s*(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\s*\]")
 _MAX_MARKER = 24  # longer than any marker we accept: a '[' this far back is plain text
@@ -69,3 +73,37 @@ def resolve(text: str, passages: list[Passage]) -> tuple[str, list[Passage]]:
     f = CitationFilter(passages)
     out = f.feed(text) + f.flush()
     return out.strip(), f.cited
+
+
+def attribute(
+    text: str, passages: list[Passage], embed: Callable[[list[str]], np.ndarray], min_similarity: float
+) -> tuple[str, list[Passage]]:
+    """Citations for an answer whose model cited nothing (small models rarely do): each sentence gets the
+    passage closest to it by embedding cosine, when at least `min_similarity`; numbered by first use.
+
+    The same idea as RAGFlow's citation insertion. A sentence close to no passage stays uncited.
+    """
+    sentences = split_sentences(text)
+    if not sentences or not passages:
+        return text, []
+    vectors = unit_vectors(
+        np.asarray(embed([s.text for s in sentences] + [p.text for p in passages]), dtype=np.float32)
+    )
+    sims = vectors[: len(sentences)] @ vectors[len(sentences) :].T
+    order: list[int] = []
+    out, cursor = [], 0
+    for i, span in enumerate(sentences):
+        best = int(np.argmax(sims[i]))
+        out.append(text[cursor : span.end])
+        cursor = span.end
+        if float(sims[i, best]) >= min_similarity:
+            if best not in order:
+                order.append(best)
+            end = out[-1].rstrip()
+            # the marker goes before the sentence's final punctuation mark, as a model would write it
+            if end and end[-1] in ".!?":
+                out[-1] = f"{end[:-1]} [{order.index(best) + 1}]{end[-1]}"
+            else:
+                out[-1] = f"{end} [{order.index(best) + 1}]"
+    out.append(text[cursor:])
+    return "".join(out), [passages[j] for j in order]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +91,7 @@ class LLMClient:
         max_tokens: int,
         temperature: float = 0.0,
         on_done: Callable[[Generation], None] | None = None,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Yield text deltas; `on_done` gets the finished Generation (usage included) when the stream ends.
 
         Raises LLMUnavailable for any failure of the server, before or during the stream. Closing the

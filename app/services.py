@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from anyio import to_thread
 
-from app.citations import CitationFilter
+from app.citations import CitationFilter, attribute
 from app.llm import Generation, LLMClient, LLMUnavailable, TokenCounter
 from app.prompt import ABSTAIN_TEXT, Passage, build_messages, order_passages
 from retrieval.compress import CONTEXT_RANK_PRIOR, QUOTE_RANK_PRIOR, CompressedContext, compress
@@ -43,6 +44,7 @@ class Answer:
     model: str = ""  # the model that generated the text; "" for extractive answers
     first_token_ms: float | None = None
     finish_reason: str = "stop"  # "length" when the output budget cut the answer short
+    attributed: bool = False  # the model cited nothing; citations were matched to its sentences afterwards
 
 
 class Restart:
@@ -236,7 +238,7 @@ class AnswerService:
         search_query: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         """Text deltas (str), possibly a Restart, and finally the Answer with citations and usage.
 
         `search_query` is what retrieval looks for (a standalone rewrite of a follow-up); the model answers
@@ -271,11 +273,13 @@ class AnswerService:
         t0 = time.perf_counter()
         try:
             temp = s.temperature if temperature is None else temperature
-            async for piece in self.llm.stream(messages, out_tokens, temp, done.append):
-                out = cites.feed(piece)
-                if out:
-                    text += out
-                    yield out
+            # aclosing: if our caller leaves mid-answer, the upstream request is closed now, not at GC time
+            async with aclosing(self.llm.stream(messages, out_tokens, temp, done.append)) as pieces:
+                async for piece in pieces:
+                    out = cites.feed(piece)
+                    if out:
+                        text += out
+                        yield out
             tail = cites.flush()
             if tail:
                 text += tail
@@ -293,14 +297,21 @@ class AnswerService:
         gen = done[0]
         ev.usage.stages_ms["generate"] = (time.perf_counter() - t0) * 1000
         ev.usage.prompt_tokens, ev.usage.completion_tokens = gen.prompt_tokens, gen.completion_tokens
+        text, cited, abstained = text.strip(), cites.cited, _abstains(text)
+        attributed = False
+        if text and not cited and not abstained:
+            embed, floor = self.embedder.embed_documents, s.min_similarity
+            text, cited = await to_thread.run_sync(attribute, text, passages, embed, floor)
+            attributed = bool(cited)
         yield Answer(
-            text.strip(),
-            [p.citation for p in cites.cited],
+            text,
+            [p.citation for p in cited],
             ev.hits,
             extractive=False,
             confidence=ev.confidence,
             usage=ev.usage,
-            abstained=_abstains(text),
+            abstained=abstained,
+            attributed=attributed,
             model=self.llm.settings.model,
             first_token_ms=gen.first_token_ms,
             finish_reason="length" if gen.finish_reason == "length" else "stop",

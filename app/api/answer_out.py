@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import asdict
+from typing import TypeVar
+
+from starlette.requests import Request
 
 from app.api.errors import error_body
 from app.api.schemas import AnswerCitationOut, AnswerOut
@@ -12,6 +17,9 @@ from app.chat import TurnEvent, TurnStarted
 from app.services import Answer, PromptTooLong, Restart
 from retrieval.store import StoreUnavailable
 from retrieval.types import Usage
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def usage_out(usage: Usage) -> dict[str, object]:
@@ -33,6 +41,7 @@ def answer_out(answer: Answer, started: TurnStarted | None = None) -> AnswerOut:
         extractive=answer.extractive,
         abstained=answer.abstained,
         fallback=answer.fallback,
+        attributed=answer.attributed,
         model=answer.model,
         confidence=answer.confidence,
         citations=citations_out(answer),
@@ -42,15 +51,26 @@ def answer_out(answer: Answer, started: TurnStarted | None = None) -> AnswerOut:
     )
 
 
+async def until_disconnected(items: AsyncGenerator[T, None], request: Request) -> AsyncGenerator[T, None]:
+    """Pass items through until the client has gone, then close the source: that closes the upstream model
+    request, so the model server stops generating for nobody (uvicorn does not cancel a streaming response)."""
+    async with aclosing(items):
+        async for item in items:
+            if await request.is_disconnected():
+                log.info("answer.client_disconnected path=%s", request.url.path)
+                return
+            yield item
+
+
 def _event(name: str, data: object) -> str:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def sse(events: AsyncIterator[TurnEvent]) -> AsyncIterator[str]:
+async def sse(events: AsyncGenerator[TurnEvent, None], request: Request) -> AsyncGenerator[str, None]:
     """start → token… (restart) → citations → done; a failure after the start is an `error` event."""
     started: TurnStarted | None = None
     try:
-        async for item in events:
+        async for item in until_disconnected(events, request):
             if isinstance(item, TurnStarted):
                 started = item
                 yield _event("start", asdict(item))

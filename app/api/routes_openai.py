@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.answer_out import citations_out
+from app.api.answer_out import citations_out, until_disconnected
 from app.api.deps import ContainerDep, PrincipalDep
 from app.api.errors import ApiError
 from app.services import Answer, PromptTooLong, Restart, StreamItem
@@ -103,6 +103,7 @@ def _extra(answer: Answer) -> dict[str, Any]:
             "extractive": answer.extractive,
             "abstained": answer.abstained,
             "fallback": answer.fallback,
+            "attributed": answer.attributed,
             "confidence": answer.confidence,
             "stages_ms": answer.usage.stages_ms,
         },
@@ -120,7 +121,7 @@ def _usage(answer: Answer) -> dict[str, int]:
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionIn, principal: PrincipalDep, container: ContainerDep
+    body: ChatCompletionIn, request: Request, principal: PrincipalDep, container: ContainerDep
 ) -> dict[str, Any] | StreamingResponse:
     """Retrieval-augmented chat completion in the OpenAI format, streamed when `stream` is true."""
     if body.model not in _models(container):
@@ -146,7 +147,7 @@ async def chat_completions(
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = _chunks(items, completion_id, created, body.model, include_usage)
+        chunks = _chunks(until_disconnected(items, request), completion_id, created, body.model, include_usage)
         return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     answer = await _collect(items)
     return {
@@ -166,7 +167,7 @@ async def chat_completions(
     }
 
 
-async def _collect(items: AsyncIterator[StreamItem]) -> Answer:
+async def _collect(items: AsyncGenerator[StreamItem, None]) -> Answer:
     async for item in items:
         if isinstance(item, Answer):
             return item
@@ -188,8 +189,8 @@ def _data(payload: dict[str, Any]) -> str:
 
 
 async def _chunks(
-    items: AsyncIterator[StreamItem], cid: str, created: int, model: str, include_usage: bool
-) -> AsyncIterator[str]:
+    items: AsyncGenerator[StreamItem, None], cid: str, created: int, model: str, include_usage: bool
+) -> AsyncGenerator[str, None]:
     yield _data(_chunk(cid, created, model, {"role": "assistant", "content": ""}))
     async for item in items:
         if isinstance(item, Restart):

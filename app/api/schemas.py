@@ -120,6 +120,7 @@ class AnswerOut(BaseModel):
     extractive: bool
     abstained: bool = False
     fallback: str = ""  # why the extractive answer replaced a generated one
+    attributed: bool = False  # the model cited nothing; each sentence was matched to its closest passage
     model: str = ""
     confidence: float | None = None
     citations: list[AnswerCitationOut]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.citations import CitationFilter, resolve
+from app.citations import CitationFilter, attribute, resolve
 from app.prompt import Passage
 from retrieval.types import Citation
 
@@ -35,3 +35,22 @@ def test_text_that_only_looks_like_a_marker_is_left_alone() -> None:
 def test_an_answer_with_no_valid_marker_cites_nothing() -> None:
     text, cited = resolve("It is 42 [7].", passages(2))
     assert (text, cited) == ("It is 42.", [])
+
+
+def test_an_answer_the_model_left_uncited_gets_each_sentence_matched_to_its_passage(embedder) -> None:  # type: ignore[no-untyped-def]
+    found = [
+        Passage(
+            1, "Up to five unused vacation days carry over; they expire on March 31st.", Citation("v", "", "", 0, "")
+        ),
+        Passage(2, "Expense reports must be filed within thirty days.", Citation("e", "", "", 0, "")),
+    ]
+    text, cited = attribute(
+        "Expense reports are due within thirty days. Carried-over days expire on March 31st. Have a nice day!",
+        found,
+        embedder.embed_documents,
+        min_similarity=0.45,
+    )
+    assert text == (
+        "Expense reports are due within thirty days [1]. Carried-over days expire on March 31st [2]. Have a nice day!"
+    )
+    assert [p.citation.doc_id for p in cited] == ["e", "v"]

@@ -64,7 +64,11 @@ def test_a_generated_answer_streams_token_by_token_and_cites_real_passages(serve
     assert events[-1][0] == "done", events[-3:]
     assert done["extractive"] is False and done["fallback"] == "" and done["model"] == LLM_MODEL
     assert len(tokens) >= 5, tokens  # it streamed, not one block at the end
-    assert "".join(str(t) for t in tokens).strip() == done["answer"]
+    streamed = "".join(str(t) for t in tokens).strip()
+    if done["attributed"]:  # the model cited nothing; the final text adds the matched markers
+        assert re.sub(r" \[\d+\]", "", str(done["answer"])) == streamed and events[-2][1]["citations"]
+    else:
+        assert streamed == done["answer"]
     usage = done["usage"]
     assert usage["prompt_tokens"] > 100 and 0 < usage["completion_tokens"] <= 96
     citations = events[-2][1]["citations"]
@@ -103,7 +107,7 @@ def test_a_client_that_disconnects_stops_generation_upstream(server: Server) -> 
         c.stream(
             "POST",
             "/v1/answer",
-            json={"question": "Describe the expense policy in detail.", "stream": True},
+            json={"question": VACATION + " Explain every rule in detail.", "stream": True},
             timeout=300,
         ) as r,
     ):
