@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,3 +181,14 @@ def index_corpus(server: Server, corpus: Path, name: str = "handbook") -> None:
         assert job.status_code == 202, job.text
         done = wait_job(admin, job.json()["id"])
     assert done["status"] == "succeeded" and done["docs_failed"] == 0, done
+
+
+@contextmanager
+def sample_server(data_dir: Path, redis_db: int, extra_env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A `kb serve` with the sample corpus indexed, stopped on exit."""
+    server = start_server(data_dir, redis_db_url(redis_db), extra_env)
+    try:
+        index_corpus(server, SAMPLE)
+        yield server
+    finally:
+        server.stop()

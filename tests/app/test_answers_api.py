@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import SAMPLE, Server, index_corpus, make_key, redis_db_url, start_server
+from tests.conftest import Server, make_key, sample_server
 
 VACATION = "How many vacation days do I get per year?"
 
@@ -33,12 +33,8 @@ def sse_events(response: httpx.Response) -> list[tuple[str, dict[str, object]]]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(tmp_path_factory.mktemp("answers") / "data", redis_db_url(10))
-    try:
-        index_corpus(srv, SAMPLE)
+    with sample_server(tmp_path_factory.mktemp("answers") / "data", 10) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_an_answer_streams_as_events_and_is_kept_in_the_conversation(server: Server) -> None:
@@ -221,10 +217,8 @@ def test_a_hanging_model_server_gives_the_quoted_answer_marked_as_such_never_an_
         "KB_LLM_MAX_RETRIES": "0",
         "KB_LLM_CONTEXT_WINDOW": "600",
     }
-    srv = start_server(tmp_path / "data", redis_db_url(11), env)
     try:
-        index_corpus(srv, SAMPLE)
-        with srv.client() as c:
+        with sample_server(tmp_path / "data", 11, env) as srv, srv.client() as c:
             body = c.post("/v1/answer", json={"question": VACATION}).json()
             assert body["extractive"] is True and body["fallback"].startswith("llm_unavailable")
             assert "25 vacation days" in body["answer"] and body["citations"]
@@ -236,11 +230,10 @@ def test_a_hanging_model_server_gives_the_quoted_answer_marked_as_such_never_an_
             # a question that cannot fit the model's window is refused before any work
             too_long = c.post("/v1/answer", json={"question": "vacation days " * 140})
             assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
-        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=srv.admin_key, max_retries=0)
-        reply = client.chat.completions.create(model="kb", messages=[{"role": "user", "content": VACATION}])
-        assert "25 vacation days" in (reply.choices[0].message.content or "")
-        assert (reply.model_extra or {})["kb"]["fallback"].startswith("llm_unavailable")
-        assert 'kb_answers_total{kind="fallback"} 3.0' in httpx.get(f"{srv.url}/metrics").text
+            client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=srv.admin_key, max_retries=0)
+            reply = client.chat.completions.create(model="kb", messages=[{"role": "user", "content": VACATION}])
+            assert "25 vacation days" in (reply.choices[0].message.content or "")
+            assert (reply.model_extra or {})["kb"]["fallback"].startswith("llm_unavailable")
+            assert 'kb_answers_total{kind="fallback"} 3.0' in httpx.get(f"{srv.url}/metrics").text
     finally:
-        srv.stop()
         hole.close()

@@ -17,7 +17,7 @@ from app.llm import TokenCounter
 from app.prompt import build_messages, order_passages
 from retrieval.types import Citation
 from tests.app.test_answers_api import VACATION, sse_events
-from tests.conftest import SAMPLE, Server, index_corpus, redis_db_url, start_server
+from tests.conftest import SAMPLE, Server, sample_server
 
 LLM_URL = os.environ.get("KB_TEST_LLM_URL", "")
 LLM_MODEL = os.environ.get("KB_TEST_LLM_MODEL", "")
@@ -39,12 +39,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "KB_LLM_MAX_TOKENS": "96",
         "HF_HUB_OFFLINE": "1",
     }
-    srv = start_server(tmp_path_factory.mktemp("llm") / "data", redis_db_url(12), env)
-    try:
-        index_corpus(srv, SAMPLE)
+    with sample_server(tmp_path_factory.mktemp("llm") / "data", 12, env) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def server_metric(name: str) -> float:
