@@ -33,6 +33,7 @@ class LLMSettings:
     connect_timeout_s: float = 3.0
     max_retries: int = 1
     tokenizer: str = ""  # a Hugging Face tokenizer name or folder; empty: the model name
+    frequency_penalty: float = 0.0  # OpenAI's; small models decoding greedily repeat themselves without it
 
     @property
     def enabled(self) -> bool:
@@ -105,6 +106,7 @@ class LLMClient:
                 messages=messages,
                 max_tokens=max_tokens,
                 temperature=temperature,
+                frequency_penalty=self.settings.frequency_penalty,
                 stream=True,
                 stream_options={"include_usage": True},
             )

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     llm_context_tokens: int = 1000  # passage text in a prompt, in the served model's tokens
     llm_context_window: int = 2048  # the served model's context length (vLLM --max-model-len)
     llm_temperature: float = 0.0
+    llm_frequency_penalty: float = 0.0
     chat_model_name: str = "kb"  # the model name /v1/chat/completions and /v1/models answer to
     answer_min_confidence: float = AnswerSettings.min_confidence
     answer_min_similarity: float = AnswerSettings.min_similarity
@@ -115,6 +116,7 @@ class Settings(BaseSettings):
             timeout_s=self.llm_timeout_seconds,
             max_retries=self.llm_max_retries,
             tokenizer=self.llm_tokenizer or self.llm_model,
+            frequency_penalty=self.llm_frequency_penalty,
         )
 
     @property

@@ -115,7 +115,13 @@ def _answers(args: argparse.Namespace) -> int:
         tokenizer = args.llm_tokenizer or os.environ.get("KB_TEST_LLM_TOKENIZER") or os.environ.get("KB_LLM_TOKENIZER")
         if not (url and model):
             raise SystemExit("--llm needs a server: --llm-url and --llm-model, or KB_TEST_LLM_URL / KB_TEST_LLM_MODEL")
-        llm = LLMSettings(base_url=url, model=model, tokenizer=tokenizer or model, timeout_s=args.llm_timeout)
+        llm = LLMSettings(
+            base_url=url,
+            model=model,
+            tokenizer=tokenizer or model,
+            timeout_s=args.llm_timeout,
+            frequency_penalty=args.llm_frequency_penalty,
+        )
     off = load_beir(args.unanswerable) if args.unanswerable else None
     result = answer_eval(
         load_beir(args.dataset),
@@ -184,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ans.add_argument("--llm-model", help="served model name")
     ans.add_argument("--llm-tokenizer", help="the served model's tokenizer (name or folder)")
     ans.add_argument("--llm-timeout", type=float, default=120.0, help="seconds to wait for a token")
+    ans.add_argument("--llm-frequency-penalty", type=float, default=0.0, help="OpenAI frequency_penalty")
     ans.add_argument("--rerank-model", help="rerank with this CrossEncoder first")
     ans.add_argument("--out", type=Path, help="write the summary and every answer as JSON here")
     ans.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where indexed shards are kept")
