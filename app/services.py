@@ -297,6 +297,9 @@ class AnswerService:
         gen = done[0]
         ev.usage.stages_ms["generate"] = (time.perf_counter() - t0) * 1000
         ev.usage.prompt_tokens, ev.usage.completion_tokens = gen.prompt_tokens, gen.completion_tokens
+        if not gen.prompt_tokens:  # a server that sends no usage in streams (llama.cpp): count it ourselves
+            ev.usage.prompt_tokens = self.tokens.chat_tokens(messages)
+            ev.usage.completion_tokens = self.tokens(gen.text)
         text, cited, abstained = text.strip(), cites.cited, _abstains(text)
         attributed = False
         if text and not cited and not abstained:

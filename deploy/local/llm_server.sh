@@ -219,6 +219,7 @@ cmd_env() {
   echo "export KB_TEST_LLM_URL=http://$HOST:$PORT/v1"
   echo "export KB_TEST_LLM_MODEL=$MODEL_NAME"
   echo "export KB_TEST_LLM_TOKENIZER=$MODEL_DIR"
+  echo "export KB_TEST_LLM_BACKEND=$BACKEND"
 }
 
 case "${1:-}" in
