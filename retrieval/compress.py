@@ -118,7 +118,8 @@ class _Candidate:
     similarity: float = 0.0
 
 
-def _normalise(vectors: np.ndarray) -> np.ndarray:
+def unit_vectors(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (zero rows stay zero), so dot products are cosines."""
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return np.asarray(vectors / np.where(norms == 0, 1.0, norms), dtype=np.float32)
 
@@ -148,8 +149,8 @@ def compress(
     if not candidates or budget_tokens <= 0:
         return CompressedContext(tokens_in=tokens_in)
 
-    vectors = _normalise(np.asarray(embed([c.span.text for c in candidates]), dtype=np.float32))
-    q = _normalise(np.asarray(query_vec, dtype=np.float32).reshape(1, -1))[0]
+    vectors = unit_vectors(np.asarray(embed([c.span.text for c in candidates]), dtype=np.float32))
+    q = unit_vectors(np.asarray(query_vec, dtype=np.float32).reshape(1, -1))[0]
     cosines = vectors @ q
     for i, c in enumerate(candidates):
         c.similarity = float(cosines[i])
