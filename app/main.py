@@ -11,9 +11,16 @@ from fastapi.staticfiles import StaticFiles
 
 from app.api import errors, routes_admin, routes_chat, routes_health, routes_openai, routes_query, routes_web
 from app.container import Container
+from app.observability import RequestContext
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def _observe_request(app: FastAPI, route: str, method: str, status: int, seconds: float) -> None:
+    container = getattr(app.state, "container", None)
+    if container is not None:
+        container.metrics.observe_request(route, method, status, seconds)
 
 
 def create_app(
@@ -47,6 +54,8 @@ def create_app(
         ),
     )
     errors.install(app)
+    # Added last, so it wraps everything: exception handlers, routes and streamed bodies.
+    app.add_middleware(RequestContext, observe=lambda *a: _observe_request(app, *a))
     app.include_router(routes_health.router)
     app.include_router(routes_query.router)
     app.include_router(routes_admin.router)

@@ -1,4 +1,4 @@
-"""Prometheus metrics of answers: how they were made, tokens, time to first token, and users' feedback."""
+"""Prometheus metrics: requests by route, answers by kind, time per stage, tokens, confidence, errors, feedback."""
 
 from __future__ import annotations
 
@@ -37,7 +37,34 @@ class AnswerMetrics:
             buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
             registry=self.registry,
         )
+        self.requests = Histogram(
+            "kb_request_seconds",
+            "Request latency by route template, method and status (streamed bodies until their end)",
+            ["route", "method", "status"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.stages = Histogram(
+            "kb_stage_seconds",
+            "Time per answer stage: retrieve, rerank, compress, generate",
+            ["stage"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.confidence = Histogram(
+            "kb_retrieval_confidence",
+            "Confidence in the best passage (calibrated reranker, else best sentence cosine)",
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=self.registry,
+        )
+        self.errors = Counter("kb_errors", "Error responses by code", ["code"], registry=self.registry)
         self.registry.register(_FeedbackCollector(feedback_counts))
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).observe(seconds)
+
+    def count_error(self, code: str) -> None:
+        self.errors.labels(code).inc()
 
     def observe(self, answer: Answer) -> None:
         if answer.abstained:
@@ -51,3 +78,7 @@ class AnswerMetrics:
         self.tokens.labels("completion").inc(answer.usage.completion_tokens)
         if answer.first_token_ms is not None:
             self.first_token.observe(answer.first_token_ms / 1000)
+        for name, ms in answer.usage.stages_ms.items():
+            self.stages.labels(name).observe(ms / 1000)
+        if answer.confidence is not None:
+            self.confidence.observe(answer.confidence)

@@ -9,13 +9,18 @@ import uvicorn
 
 from app.auth import create_key
 from app.db import init_db
+from app.observability import RequestIdFilter, configure_tracing
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s request_id=%(request_id)s"
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
     for noisy in ("httpx", "sentence_transformers", "transformers", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -39,6 +44,7 @@ def serve(settings: Settings, ingest_sample: bool = False) -> None:
     from app.main import create_app
 
     configure_logging(settings.log_level)
+    configure_tracing(settings.otel_exporter)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     key = bootstrap_admin_key(settings)
     app = create_app(settings, ingest_sample=ingest_sample)

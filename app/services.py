@@ -13,6 +13,7 @@ from anyio import to_thread
 
 from app.citations import CitationFilter, attribute
 from app.llm import Generation, LLMClient, LLMUnavailable, TokenCounter
+from app.observability import request_id, stage, tracer
 from app.prompt import ABSTAIN_TEXT, Passage, build_messages, order_passages
 from retrieval.compress import CONTEXT_RANK_PRIOR, QUOTE_RANK_PRIOR, CompressedContext, compress
 from retrieval.embedder import TextEmbedder
@@ -116,27 +117,16 @@ class AnswerService:
     def _evidence(self, principal: Principal, query: str, mode: SearchMode, generate: bool) -> _Evidence:
         s = self.settings
         usage = Usage()
-        t0 = time.perf_counter()
         depth = max(s.passages, self.reranker.settings.max_depth) if self.reranker.enabled else s.passages
-        hits = self.retriever.search(query, principal, mode, depth)
-        usage.stages_ms["retrieve"] = (time.perf_counter() - t0) * 1000
+        with stage(usage, "retrieve"):
+            hits = self.retriever.search(query, principal, mode, depth)
         if not hits:
             return _Evidence([], CompressedContext(), None, usage)
-        t1 = time.perf_counter()
-        ranked = self.reranker.rerank(query, hits)
+        with stage(usage, "rerank"):
+            ranked = self.reranker.rerank(query, hits)
         hits = [r.hit for r in ranked][: s.passages]
-        usage.stages_ms["rerank"] = (time.perf_counter() - t1) * 1000
-        t2 = time.perf_counter()
-        context = compress(
-            query,
-            hits,
-            embed=self.embedder.embed_documents,
-            query_vec=self.embedder.embed_query(query),
-            count_tokens=self.tokens if generate else self.embedder.count_tokens,
-            budget_tokens=s.context_tokens if generate else s.quote_budget_tokens,
-            rank_prior=CONTEXT_RANK_PRIOR if generate else QUOTE_RANK_PRIOR,
-        )
-        usage.stages_ms["compress"] = (time.perf_counter() - t2) * 1000
+        with stage(usage, "compress"):
+            context = self._compress(query, hits, generate)
         confidence = ranked[0].confidence
         if confidence is not None:
             relevant = confidence >= s.min_confidence
@@ -147,6 +137,19 @@ class AnswerService:
             log.info("answer.abstain reason=low_confidence confidence=%.3f", confidence)
             context = CompressedContext(tokens_in=context.tokens_in)
         return _Evidence(hits, context, confidence, usage)
+
+    def _compress(self, query: str, hits: list[Hit], generate: bool) -> CompressedContext:
+        """The passages' best sentences: a generator's context budget, or the few an extractive answer quotes."""
+        s = self.settings
+        return compress(
+            query,
+            hits,
+            embed=self.embedder.embed_documents,
+            query_vec=self.embedder.embed_query(query),
+            count_tokens=self.tokens if generate else self.embedder.count_tokens,
+            budget_tokens=s.context_tokens if generate else s.quote_budget_tokens,
+            rank_prior=CONTEXT_RANK_PRIOR if generate else QUOTE_RANK_PRIOR,
+        )
 
     # -- extractive -------------------------------------------------------------------------------------
     def _quote(self, ev: _Evidence) -> Answer:
@@ -271,6 +274,10 @@ class AnswerService:
         done: list[Generation] = []
         text = ""
         t0 = time.perf_counter()
+        # Not a current span: the stream yields to its caller, and a span made current would leak into it.
+        span = tracer.start_span(
+            "generate", attributes={"kb.request_id": request_id.get(), "kb.model": self.llm.settings.model}
+        )
         try:
             temp = s.temperature if temperature is None else temperature
             # aclosing: if our caller leaves mid-answer, the upstream request is closed now, not at GC time
@@ -294,6 +301,8 @@ class AnswerService:
             yield answer.text
             yield answer
             return
+        finally:
+            span.end()
         gen = done[0]
         ev.usage.stages_ms["generate"] = (time.perf_counter() - t0) * 1000
         ev.usage.prompt_tokens, ev.usage.completion_tokens = gen.prompt_tokens, gen.completion_tokens

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     fusion_adaptive: bool = FusionSettings.adaptive
     prefetch: int = FusionSettings.dense_prefetch
     log_level: str = "INFO"
+    otel_exporter: str = ""  # OpenTelemetry traces: otlp (OTEL_EXPORTER_OTLP_ENDPOINT) | console | "" (off)
     sample_dir: Path = Field(default_factory=lambda: Path(__file__).resolve().parent.parent / "docs" / "sample-corpus")
 
     @cached_property

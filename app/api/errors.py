@@ -54,11 +54,22 @@ def _field(loc: tuple[object, ...] | list[object]) -> str:
     return ".".join(parts) or "body"
 
 
+def _respond(
+    request: Request, body: dict[str, object], status: int, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The error response, counted by code in /metrics (kb_errors_total)."""
+    container = getattr(request.app.state, "container", None)
+    error = body.get("error")
+    if container is not None and isinstance(error, dict):
+        container.metrics.count_error(str(error.get("code")))
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         body = error_body(exc.code, exc.message, exc.status, param=exc.param)
-        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+        return _respond(request, body, exc.status, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -69,35 +80,35 @@ def install(app: FastAPI) -> None:
         fields = [{"field": _field(e.get("loc", ())), "message": e.get("msg")} for e in errors]
         # OpenAI answers a malformed request with 400; our own routes keep FastAPI's 422.
         status = 400 if _openai_path(request) else 422
-        return JSONResponse(error_body("invalid_request", message, status, field=field, fields=fields), status)
+        return _respond(request, error_body("invalid_request", message, status, field=field, fields=fields), status)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail), exc.status_code), status_code=exc.status_code)
+        return _respond(request, error_body(code, str(exc.detail), exc.status_code), exc.status_code)
 
     @app.exception_handler(CatalogError)
-    async def _catalog(_: Request, exc: CatalogError) -> JSONResponse:
-        return JSONResponse(error_body("invalid_request", str(exc), 422, field=exc.field), status_code=422)
+    async def _catalog(request: Request, exc: CatalogError) -> JSONResponse:
+        return _respond(request, error_body("invalid_request", str(exc), 422, field=exc.field), 422)
 
     @app.exception_handler(NotFound)
-    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse(error_body("not_found", str(exc), 404), status_code=404)
+    async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return _respond(request, error_body("not_found", str(exc), 404), 404)
 
     @app.exception_handler(Conflict)
-    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
-        return JSONResponse(error_body("conflict", str(exc), 409), status_code=409)
+    async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
+        return _respond(request, error_body("conflict", str(exc), 409), 409)
 
     @app.exception_handler(StoreUnavailable)
-    async def _store(_: Request, exc: StoreUnavailable) -> JSONResponse:
+    async def _store(request: Request, exc: StoreUnavailable) -> JSONResponse:
         log.error("qdrant.unavailable error=%s", exc)
-        return JSONResponse(error_body("qdrant_unavailable", str(exc), 503, component="qdrant"), status_code=503)
+        return _respond(request, error_body("qdrant_unavailable", str(exc), 503, component="qdrant"), 503)
 
     @app.exception_handler(BrokerUnavailable)
-    async def _broker(_: Request, exc: BrokerUnavailable) -> JSONResponse:
+    async def _broker(request: Request, exc: BrokerUnavailable) -> JSONResponse:
         log.error("broker.unavailable error=%s", exc)
-        return JSONResponse(error_body("broker_unavailable", str(exc), 503, component="broker"), status_code=503)
+        return _respond(request, error_body("broker_unavailable", str(exc), 503, component="broker"), 503)
 
     @app.exception_handler(PromptTooLong)
-    async def _too_long(_: Request, exc: PromptTooLong) -> JSONResponse:
-        return JSONResponse(error_body("context_length_exceeded", str(exc), 400, param="question"), status_code=400)
+    async def _too_long(request: Request, exc: PromptTooLong) -> JSONResponse:
+        return _respond(request, error_body("context_length_exceeded", str(exc), 400, param="question"), 400)
