@@ -134,3 +134,13 @@ def test_prompt_token_counts_match_the_servers_own() -> None:
     client = openai.OpenAI(base_url=LLM_URL, api_key="none", max_retries=0, timeout=120)
     reply = client.chat.completions.create(model=LLM_MODEL, messages=messages, max_tokens=1)  # type: ignore[arg-type]
     assert reply.usage is not None and reply.usage.prompt_tokens == counter.chat_tokens(messages)
+
+
+@pytest.mark.skipif(not VLLM, reason="reads vLLM's prefix-cache counters")
+def test_two_different_questions_reuse_the_cached_prompt_prefix(server: Server) -> None:
+    with server.client() as c:
+        c.post("/v1/answer", json={"question": VACATION}, timeout=300)
+        hits_before = server_metric("vllm:prefix_cache_hits_total")
+        body = c.post("/v1/answer", json={"question": "When do carried-over vacation days expire?"}, timeout=300)
+    assert body.json()["extractive"] is False
+    assert server_metric("vllm:prefix_cache_hits_total") > hits_before  # the shared rules and passages were reused
