@@ -45,4 +45,4 @@ def resolve_key(db: Session, key: str) -> Principal | None:
     row = db.scalar(select(ApiKey).where(ApiKey.key_hash == _hash(key), ApiKey.revoked.is_(False)))
     if row is None:
         return None
-    return Principal(name=row.name, groups=tuple(row.groups), scopes=tuple(row.scopes))
+    return Principal(name=row.name, groups=tuple(row.groups), scopes=tuple(row.scopes), key_id=row.id)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from app.conversations import ConversationStore, standalone_query
 from app.llm import LLMClient, LLMUnavailable
 from app.prompt import rewrite_messages
+from app.quotas import Quotas
 from app.services import Answer, AnswerService, Restart, StreamItem
 from retrieval.types import Principal, SearchMode
 
@@ -52,11 +53,17 @@ class ChatService:
         store: ConversationStore,
         llm: LLMClient,
         on_answer: Callable[[Answer], None] | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.answers = answers
         self.store = store
         self.llm = llm
         self.on_answer = on_answer or (lambda _: None)
+        self.quotas = quotas or Quotas()
+
+    def _finished(self, principal: Principal, answer: Answer) -> None:
+        self.on_answer(answer)
+        self.quotas.charge(principal, answer.usage.prompt_tokens + answer.usage.completion_tokens)
 
     async def standalone(self, history: list[dict[str, str]], question: str) -> str:
         """A follow-up rewritten to stand alone: by the LLM when there is one, by a rule otherwise."""
@@ -87,7 +94,7 @@ class ChatService:
         async with aclosing(items):
             async for item in items:
                 if isinstance(item, Answer):
-                    self.on_answer(item)
+                    self._finished(principal, item)
                 yield item
 
     async def turn(
@@ -111,7 +118,7 @@ class ChatService:
                 async for item in items:
                     if isinstance(item, Answer):
                         answer, status = item, "ok"
-                        self.on_answer(item)
+                        self._finished(principal, item)
                     elif isinstance(item, Restart):
                         text = ""
                     else:

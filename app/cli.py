@@ -298,7 +298,7 @@ def keys_create(
             new = create_key(db, name, _groups(groups) or [], admin=admin)
     except CatalogError as exc:
         _fail(str(exc))
-    typer.echo(json.dumps({"name": new.name, "key": new.key, "groups": new.groups, "scopes": new.scopes}))
+    typer.echo(json.dumps({"id": new.id, "name": new.name, "key": new.key, "groups": new.groups, "scopes": new.scopes}))
 
 
 def main() -> None:

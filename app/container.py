@@ -14,6 +14,7 @@ from app.conversations import ConversationStore
 from app.db import init_db
 from app.llm import LLMClient, TokenCounter
 from app.metrics import AnswerMetrics
+from app.quotas import Quotas, RedisCounter, SqlCounter
 from app.services import AnswerService, SearchService
 from app.settings import Settings
 from ingestion import catalog
@@ -63,7 +64,11 @@ class Container:
         )
         self.conversations = ConversationStore(self.sessions)
         self.metrics = AnswerMetrics(self.conversations.feedback_counts)
-        self.chat = ChatService(self.answers, self.conversations, self.llm, on_answer=self.metrics.observe)
+        counter = RedisCounter(settings.quota_redis_url) if settings.quota_redis_url else SqlCounter(self.sessions)
+        self.quotas = Quotas(counter, settings.daily_token_quota)
+        self.chat = ChatService(
+            self.answers, self.conversations, self.llm, on_answer=self.metrics.observe, quotas=self.quotas
+        )
         self.pipeline = IngestPipeline(
             self.sessions,
             self.store,

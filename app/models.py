@@ -71,3 +71,12 @@ class Feedback(Base):
     rating: Mapped[int] = mapped_column(Integer)
     comment: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class TokenUsage(Base):
+    """Tokens an API key spent on one UTC day (the daily quota's counter when there is no Redis)."""
+
+    __tablename__ = "token_usage"
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD, UTC
+    tokens: Mapped[int] = mapped_column(Integer, default=0)

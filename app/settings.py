@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     llm_context_window: int = 2048  # the served model's context length (vLLM --max-model-len)
     llm_temperature: float = 0.0
     llm_frequency_penalty: float = 0.0
+    daily_token_quota: int = 0  # LLM tokens (in + out) one API key may spend per UTC day; 0: unlimited
+    redis_url: str = ""  # quota counters; default: the broker's Redis when KB_BROKER_URL is redis://, else SQL
     chat_model_name: str = "kb"  # the model name /v1/chat/completions and /v1/models answer to
     answer_min_confidence: float = AnswerSettings.min_confidence
     answer_min_similarity: float = AnswerSettings.min_similarity
@@ -119,6 +121,12 @@ class Settings(BaseSettings):
             tokenizer=self.llm_tokenizer or self.llm_model,
             frequency_penalty=self.llm_frequency_penalty,
         )
+
+    @property
+    def quota_redis_url(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else ""
 
     @property
     def answer(self) -> AnswerSettings:

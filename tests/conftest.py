@@ -163,13 +163,19 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 180) -> dict[st
     raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
 
 
-def make_key(server: Server, name: str, groups: str = "", admin: bool = False) -> str:
-    """A new API key for `name` in `groups`, made with the CLI as an operator would."""
+def create_key_json(server: Server, name: str, groups: str = "", admin: bool = False) -> dict[str, object]:
+    """`kb keys create` as an operator runs it: the new key's id, key, groups and scopes."""
     args = [sys.executable, "-m", "app.cli", "keys", "create", name, "--groups", groups] + (
         ["--admin"] if admin else []
     )
     out = subprocess.run(args, cwd=REPO, env=server.env, capture_output=True, text=True, check=True).stdout
-    return str(json.loads(out.strip().splitlines()[-1])["key"])
+    created: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    return created
+
+
+def make_key(server: Server, name: str, groups: str = "", admin: bool = False) -> str:
+    """A new API key for `name` in `groups`."""
+    return str(create_key_json(server, name, groups, admin)["key"])
 
 
 def index_corpus(server: Server, corpus: Path, name: str = "handbook") -> None:

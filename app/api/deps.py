@@ -45,7 +45,8 @@ def get_principal(
         if "admin" not in principal.scopes:
             raise ApiError(403, "forbidden", "only admin keys may act as other groups (X-KB-Groups)")
         groups = tuple(sorted({g.strip() for g in x_kb_groups.split(",") if g.strip()}))
-        return Principal(name=f"{principal.name} as {','.join(groups) or 'public'}", groups=groups, scopes=("read",))
+        name = f"{principal.name} as {','.join(groups) or 'public'}"
+        return Principal(name=name, groups=groups, scopes=("read",), key_id=principal.key_id)
     return principal
 
 

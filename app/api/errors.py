@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.container import BrokerUnavailable
+from app.quotas import QuotaExceeded
 from app.services import PromptTooLong
 from ingestion.catalog import CatalogError, Conflict, NotFound
 from retrieval.store import StoreUnavailable
@@ -108,6 +109,11 @@ def install(app: FastAPI) -> None:
     async def _broker(request: Request, exc: BrokerUnavailable) -> JSONResponse:
         log.error("broker.unavailable error=%s", exc)
         return _respond(request, error_body("broker_unavailable", str(exc), 503, component="broker"), 503)
+
+    @app.exception_handler(QuotaExceeded)
+    async def _quota(request: Request, exc: QuotaExceeded) -> JSONResponse:
+        body = error_body("quota_exceeded", str(exc), 429)
+        return _respond(request, body, 429, {"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(PromptTooLong)
     async def _too_long(request: Request, exc: PromptTooLong) -> JSONResponse:

@@ -132,6 +132,7 @@ async def chat_completions(
             param="model",
         )
     question, history = _split(body, container.settings.max_query_chars)
+    container.quotas.check(principal)
     try:
         container.answers.check_question(question)
     except PromptTooLong as exc:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.auth import create_key, resolve_key
 from app.conversations import ConversationStore
 from app.db import init_db
+from app.quotas import SqlCounter
 from ingestion import catalog
 from ingestion.catalog import NotFound
 from ingestion.models import Document
@@ -120,3 +121,12 @@ def test_conversations_turns_and_feedback_round_trip(sessions: sessionmaker[Sess
     assert [c["id"] for c in store.list("alice")] == [conv] and store.list("bob") == []
     store.delete("alice", conv)
     assert store.list("alice") == [] and store.feedback_counts() == {"up": 0, "down": 0}
+
+
+def test_token_counters_add_up_with_an_upsert(sessions: sessionmaker[Session]) -> None:
+    counter = SqlCounter(sessions)
+    assert counter.used("k1", "2026-12-01") == 0
+    assert counter.add("k1", "2026-12-01", 300) == 300
+    assert counter.add("k1", "2026-12-01", 200) == 500
+    assert counter.add("k1", "2026-12-02", 7) == 7 and counter.add("k2", "2026-12-01", 1) == 1
+    assert counter.used("k1", "2026-12-01") == 500
