@@ -24,6 +24,7 @@ class Principal:
     name: str
     groups: tuple[str, ...] = ()
     scopes: tuple[str, ...] = ("read",)
+    key_id: str = ""  # the API key that authenticated the request (quotas count per key); "" in-process
 
     @property
     def readable_groups(self) -> list[str]:
