@@ -295,8 +295,9 @@ class AnswerService:
             log.warning("llm.failed fallback=extractive streamed_chars=%d error=%s", len(text), exc)
             if text:
                 yield Restart()
-            quoted = await to_thread.run_sync(self._evidence, principal, query, mode, False)
-            answer = self._quote(quoted)
+            # The same passages, compressed to the few sentences a quote needs: no second retrieval.
+            quote_context = await to_thread.run_sync(self._compress, query, ev.hits, False)
+            answer = self._quote(_Evidence(ev.hits, quote_context, ev.confidence, ev.usage))
             answer.fallback = f"llm_unavailable: {exc}"
             yield answer.text
             yield answer
