@@ -9,7 +9,7 @@ from contextlib import aclosing
 from dataclasses import asdict, dataclass
 
 from app.conversations import ConversationStore, standalone_query
-from app.llm import LLMClient, LLMUnavailable
+from app.llm import Generation, LLMClient, LLMUnavailable
 from app.prompt import rewrite_messages
 from app.quotas import Quotas
 from app.services import Answer, AnswerService, Restart, StreamItem
@@ -61,23 +61,27 @@ class ChatService:
         self.on_answer = on_answer or (lambda _: None)
         self.quotas = quotas or Quotas()
 
-    def _finished(self, principal: Principal, answer: Answer) -> None:
-        self.on_answer(answer)
-        self.quotas.charge(principal, answer.usage.prompt_tokens + answer.usage.completion_tokens)
-
-    async def standalone(self, history: list[dict[str, str]], question: str) -> str:
-        """A follow-up rewritten to stand alone: by the LLM when there is one, by a rule otherwise."""
+    async def standalone(self, history: list[dict[str, str]], question: str) -> tuple[str, Generation | None]:
+        """A follow-up rewritten to stand alone: by the LLM when there is one (its call is returned, so its
+        tokens count in the answer's usage), by a rule otherwise."""
         if not history:
-            return question
+            return question, None
         if self.llm.enabled:
             try:
                 gen = await self.llm.complete(rewrite_messages(history, question), max_tokens=64)
                 rewritten = gen.text.strip().splitlines()[0].strip().strip('"') if gen.text.strip() else ""
-                if 3 <= len(rewritten) <= 500:
-                    return rewritten
+                return (rewritten if 3 <= len(rewritten) <= 500 else standalone_query(history, question)), gen
             except LLMUnavailable as exc:
                 log.warning("chat.rewrite_failed fallback=rule error=%s", exc)
-        return standalone_query(history, question)
+        return standalone_query(history, question), None
+
+    def _finished(self, principal: Principal, answer: Answer, rewrite: Generation | None) -> None:
+        if rewrite is not None:
+            answer.usage.prompt_tokens += rewrite.prompt_tokens
+            answer.usage.completion_tokens += rewrite.completion_tokens
+            answer.usage.stages_ms["rewrite"] = rewrite.total_ms
+        self.on_answer(answer)
+        self.quotas.charge(principal, answer.usage.prompt_tokens + answer.usage.completion_tokens)
 
     async def reply(
         self,
@@ -89,12 +93,12 @@ class ChatService:
         temperature: float | None = None,
     ) -> AsyncGenerator[StreamItem, None]:
         """A stateless turn: the caller sends the history (the OpenAI-compatible endpoint)."""
-        query = await self.standalone(history, question)
+        query, rewrite = await self.standalone(history, question)
         items = self.answers.stream(principal, question, mode, history, query, max_tokens, temperature)
         async with aclosing(items):
             async for item in items:
                 if isinstance(item, Answer):
-                    self._finished(principal, item)
+                    self._finished(principal, item, rewrite)
                 yield item
 
     async def turn(
@@ -107,7 +111,7 @@ class ChatService:
         """TurnStarted, then the answer stream (text deltas, maybe a Restart, the Answer)."""
         conv = self.store.open(principal.name, conversation_id, question)
         history = self.store.history(conv)
-        query = await self.standalone(history, question)
+        query, rewrite = await self.standalone(history, question)
         self.store.add_question(conv, question, query)
         message_id = self.store.start_answer(conv)
         yield TurnStarted(conv, message_id, query)
@@ -118,7 +122,7 @@ class ChatService:
                 async for item in items:
                     if isinstance(item, Answer):
                         answer, status = item, "ok"
-                        self._finished(principal, item)
+                        self._finished(principal, item, rewrite)
                     elif isinstance(item, Restart):
                         text = ""
                     else:

@@ -144,3 +144,15 @@ def test_two_different_questions_reuse_the_cached_prompt_prefix(server: Server) 
         body = c.post("/v1/answer", json={"question": "When do carried-over vacation days expire?"}, timeout=300)
     assert body.json()["extractive"] is False
     assert server_metric("vllm:prefix_cache_hits_total") > hits_before  # the shared rules and passages were reused
+
+
+def test_a_follow_up_is_rewritten_by_the_model_and_the_rewrite_counts_in_the_usage(server: Server) -> None:
+    with server.client() as c:
+        first = c.post("/v1/answer", json={"question": VACATION}, timeout=300).json()
+        follow = {"question": "When do they expire?", "conversation_id": first["conversation_id"], "stream": True}
+        events = sse_events(c.post("/v1/answer", json=follow, timeout=300))
+    start, done = events[0][1], events[-1][1]
+    assert start["search_query"] and events[-1][0] == "done"
+    usage = done["usage"]
+    assert usage["stages_ms"]["rewrite"] > 0  # the model rewrote the follow-up before retrieval
+    assert usage["prompt_tokens"] > first["usage"]["prompt_tokens"] // 2
