@@ -30,17 +30,20 @@ class TurnStarted:
 TurnEvent = TurnStarted | StreamItem
 
 
-def answer_meta(answer: Answer) -> dict[str, object]:
-    """What is kept of an answer besides its text and citations."""
+def answer_flags(answer: Answer) -> dict[str, object]:
+    """How an answer was made: quoted or generated, abstained, fallen back, citations matched afterwards."""
     return {
         "extractive": answer.extractive,
         "abstained": answer.abstained,
         "fallback": answer.fallback,
         "attributed": answer.attributed,
-        "model": answer.model,
         "confidence": answer.confidence,
-        "usage": asdict(answer.usage),
     }
+
+
+def answer_meta(answer: Answer) -> dict[str, object]:
+    """What is kept of an answer besides its text and citations."""
+    return {**answer_flags(answer), "model": answer.model, "usage": asdict(answer.usage)}
 
 
 class ChatService:

@@ -22,13 +22,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def usage_out(usage: Usage) -> dict[str, object]:
+def token_counts(usage: Usage) -> dict[str, int]:
+    """OpenAI's usage block: tokens in, out and both."""
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        "stages_ms": usage.stages_ms,
     }
+
+
+def usage_out(usage: Usage) -> dict[str, object]:
+    return {**token_counts(usage), "stages_ms": usage.stages_ms}
 
 
 def citations_out(answer: Answer) -> list[AnswerCitationOut]:

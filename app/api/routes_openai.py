@@ -16,9 +16,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.answer_out import citations_out, until_disconnected
+from app.api.answer_out import citations_out, token_counts, until_disconnected
 from app.api.deps import ContainerDep, PrincipalDep
 from app.api.errors import ApiError
+from app.chat import answer_flags
 from app.services import Answer, PromptTooLong, Restart, StreamItem
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -99,23 +100,7 @@ def _split(body: ChatCompletionIn, max_chars: int) -> tuple[str, list[dict[str, 
 def _extra(answer: Answer) -> dict[str, Any]:
     return {
         "citations": [c.model_dump() for c in citations_out(answer)],
-        "kb": {
-            "extractive": answer.extractive,
-            "abstained": answer.abstained,
-            "fallback": answer.fallback,
-            "attributed": answer.attributed,
-            "confidence": answer.confidence,
-            "stages_ms": answer.usage.stages_ms,
-        },
-    }
-
-
-def _usage(answer: Answer) -> dict[str, int]:
-    u = answer.usage
-    return {
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "kb": {**answer_flags(answer), "stages_ms": answer.usage.stages_ms},
     }
 
 
@@ -163,7 +148,7 @@ async def chat_completions(
                 "finish_reason": answer.finish_reason,
             }
         ],
-        "usage": _usage(answer),
+        "usage": token_counts(answer.usage),
         **_extra(answer),
     }
 
@@ -201,7 +186,7 @@ async def _chunks(
         elif isinstance(item, Answer):
             yield _data({**_chunk(cid, created, model, {}, item.finish_reason), **_extra(item)})
             if include_usage:
-                yield _data({**_chunk(cid, created, model, {}), "choices": [], "usage": _usage(item)})
+                yield _data({**_chunk(cid, created, model, {}), "choices": [], "usage": token_counts(item.usage)})
         else:
             yield _data(_chunk(cid, created, model, {"content": item}))
     yield "data: [DONE]\n\n"
