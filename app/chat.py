@@ -9,10 +9,11 @@ from contextlib import aclosing
 from dataclasses import asdict, dataclass
 
 from app.conversations import ConversationStore, standalone_query
-from app.llm import Generation, LLMClient, LLMUnavailable
+from app.llm import Generation, LLMUnavailable
 from app.prompt import rewrite_messages
 from app.quotas import Quotas
 from app.services import Answer, AnswerService, Restart, StreamItem
+from app.tiers import Tier
 from retrieval.types import Principal, SearchMode
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,13 @@ class ChatService:
         self,
         answers: AnswerService,
         store: ConversationStore,
-        llm: LLMClient,
+        rewriter: Tier | None = None,
         on_answer: Callable[[Answer], None] | None = None,
         quotas: Quotas | None = None,
     ) -> None:
         self.answers = answers
         self.store = store
-        self.llm = llm
+        self.rewriter = rewriter if rewriter is not None and rewriter.generates else None
         self.on_answer = on_answer or (lambda _: None)
         self.quotas = quotas or Quotas()
 
@@ -69,9 +70,9 @@ class ChatService:
         tokens count in the answer's usage), by a rule otherwise."""
         if not history:
             return question, None
-        if self.llm.enabled:
+        if self.rewriter is not None and self.rewriter.llm is not None:
             try:
-                gen = await self.llm.complete(rewrite_messages(history, question), max_tokens=64)
+                gen = await self.rewriter.llm.complete(rewrite_messages(history, question), max_tokens=64)
                 rewritten = gen.text.strip().splitlines()[0].strip().strip('"') if gen.text.strip() else ""
                 return (rewritten if 3 <= len(rewritten) <= 500 else standalone_query(history, question)), gen
             except LLMUnavailable as exc:
@@ -79,9 +80,9 @@ class ChatService:
         return standalone_query(history, question), None
 
     def _finished(self, principal: Principal, answer: Answer, rewrite: Generation | None) -> None:
-        if rewrite is not None:
-            answer.usage.prompt_tokens += rewrite.prompt_tokens
-            answer.usage.completion_tokens += rewrite.completion_tokens
+        if rewrite is not None and self.rewriter is not None:
+            tier, p, c = self.rewriter, rewrite.prompt_tokens, rewrite.completion_tokens
+            answer.usage.charge(tier.name, p, c, tier.cost(p, c))
             answer.usage.stages_ms["rewrite"] = rewrite.total_ms
         self.on_answer(answer)
         self.quotas.charge(principal, answer.usage.prompt_tokens + answer.usage.completion_tokens)

@@ -86,10 +86,7 @@ def attribute(
     sentences = split_sentences(text)
     if not sentences or not passages:
         return text, []
-    vectors = unit_vectors(
-        np.asarray(embed([s.text for s in sentences] + [p.text for p in passages]), dtype=np.float32)
-    )
-    sims = vectors[: len(sentences)] @ vectors[len(sentences) :].T
+    sims = _similarities([s.text for s in sentences], passages, embed)
     order: list[int] = []
     out, cursor = [], 0
     for i, span in enumerate(sentences):
@@ -107,3 +104,22 @@ def attribute(
                 out[-1] = f"{end} [{order.index(best) + 1}]"
     out.append(text[cursor:])
     return "".join(out), [passages[j] for j in order]
+
+
+def _similarities(
+    sentences: list[str], passages: list[Passage], embed: Callable[[list[str]], np.ndarray]
+) -> np.ndarray:
+    """Cosine of every sentence (rows) to every passage (columns)."""
+    vectors = unit_vectors(np.asarray(embed(sentences + [p.text for p in passages]), dtype=np.float32))
+    return vectors[: len(sentences)] @ vectors[len(sentences) :].T
+
+
+def grounded_share(
+    text: str, passages: list[Passage], embed: Callable[[list[str]], np.ndarray], min_similarity: float
+) -> float:
+    """The share of an answer's sentences that some passage supports (cosine at least `min_similarity`)."""
+    sentences = [s.text for s in split_sentences(text)]
+    if not sentences or not passages:
+        return 0.0
+    best = _similarities(sentences, passages, embed).max(axis=1)
+    return float(np.mean(best >= min_similarity))

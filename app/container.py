@@ -12,17 +12,19 @@ from celery import Celery, Task
 from app.chat import ChatService
 from app.conversations import ConversationStore
 from app.db import init_db
-from app.llm import LLMClient, TokenCounter
+from app.load import LoadGovernor
 from app.metrics import AnswerMetrics
 from app.quotas import Quotas, RedisCounter, SqlCounter
 from app.services import AnswerService, SearchService
 from app.settings import Settings
+from app.tiers import build_tiers
 from ingestion import catalog
 from ingestion.adapt_job import AdaptRunner
 from ingestion.celery_app import adapt_job, configure_celery, ingest_job, set_pipeline
 from ingestion.models import Source, utcnow
 from ingestion.pipeline import IngestPipeline
 from retrieval.adapt import Scorer, active_reranker, cross_encoder_scorer
+from retrieval.cache import SemanticCache
 from retrieval.embedder import make_embedder
 from retrieval.rerank import Reranker, RerankSettings
 from retrieval.search import Retriever
@@ -57,17 +59,30 @@ class Container:
                 cache_dir=str(settings.data_dir / "onnx"),
             )
         )
-        self.llm = LLMClient(settings.llm)
-        self.tokens = TokenCounter(settings.llm.tokenizer if self.llm.enabled else "", self.embedder.count_tokens)
+        self.metrics = AnswerMetrics(self._feedback_counts)
+        self.tiers = build_tiers(settings.tier_settings, self.embedder.count_tokens)
+        generating = [t for t in self.tiers if t.generates]
+        self.rewriter = generating[0] if generating else None  # the cheapest model rewrites follow-ups; else a rule
+        self.cache = SemanticCache(
+            self.store.versions.cache_table(), self.store.retrieve, lambda: self.store.version, settings.cache
+        )
+        self.governor = LoadGovernor(settings.load, on_change=self.metrics.degradation_changed)
+        self.metrics.watch_load(self.governor)
         self.answers = AnswerService(
-            self.retriever, self.embedder, self.reranker, self.llm, self.tokens, settings.answer
+            self.retriever,
+            self.embedder,
+            self.reranker,
+            self.tiers,
+            settings.answer,
+            router=settings.route,
+            cache=self.cache,
+            governor=self.governor,
         )
         self.conversations = ConversationStore(self.sessions)
-        self.metrics = AnswerMetrics(self.conversations.feedback_counts)
         counter = RedisCounter(settings.quota_redis_url) if settings.quota_redis_url else SqlCounter(self.sessions)
         self.quotas = Quotas(counter, settings.daily_token_quota)
         self.chat = ChatService(
-            self.answers, self.conversations, self.llm, on_answer=self.metrics.observe, quotas=self.quotas
+            self.answers, self.conversations, self.rewriter, on_answer=self.metrics.observe, quotas=self.quotas
         )
         self.pipeline = IngestPipeline(
             self.sessions,
@@ -92,21 +107,27 @@ class Container:
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
 
+    def _feedback_counts(self) -> dict[str, int]:
+        return self.conversations.feedback_counts()
+
     def warm_up(self) -> None:
         """Load the model and open the index before the first request, not during it."""
         self.embedder.warm_up()
-        if self.llm.enabled:
-            exact = self.tokens.exact  # loads the served model's tokenizer now, not on the first question
-            log.info(
-                "llm.configured url=%s model=%s exact_token_counts=%s",
-                self.llm.settings.base_url,
-                self.llm.settings.model,
-                exact,
-            )
+        for tier in self.tiers:
+            if tier.llm is not None and tier.tokens is not None:
+                exact = tier.tokens.exact  # loads the served model's tokenizer now, not on the first question
+                log.info(
+                    "llm.configured tier=%s url=%s model=%s exact_token_counts=%s",
+                    tier.name,
+                    tier.llm.settings.base_url,
+                    tier.llm.settings.model,
+                    exact,
+                )
         if self.reranker.enabled:
             self.reranker.warm_up()
         try:
             self.store.ensure_collection(self.embedder.dim)
+            self.cache.ensure(self.embedder.dim)
         except StoreUnavailable as exc:
             # Start anyway: /readyz and every query say 503 with the reason until Qdrant answers.
             log.error("qdrant.unavailable at_start error=%s", exc)
@@ -215,6 +236,12 @@ class Container:
         self._worker.join(120)
         self._worker = None
 
+    async def close_clients(self) -> None:
+        for tier in self.tiers:
+            if tier.llm is not None:
+                await tier.llm.close()
+
     def close(self) -> None:
         self.stop_worker()
+        self.cache.close()
         self.store.close()

@@ -42,7 +42,7 @@ def create_app(
         try:
             yield
         finally:
-            await c.llm.close()
+            await c.close_clients()
             c.close()
 
     app = FastAPI(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from app.load import LEVELS, LoadGovernor
 from app.services import Answer
 
 
@@ -30,7 +31,37 @@ class AnswerMetrics:
     def __init__(self, feedback_counts: Callable[[], dict[str, int]]) -> None:
         self.registry = CollectorRegistry()
         self.answers = Counter("kb_answers", "Answers by how they were made", ["kind"], registry=self.registry)
-        self.tokens = Counter("kb_llm_tokens", "Tokens the LLM read and wrote", ["type"], registry=self.registry)
+        self.tokens = Counter(
+            "kb_llm_tokens", "Tokens the models read and wrote, by tier", ["type", "tier"], registry=self.registry
+        )
+        self.cost = Counter(
+            "kb_cost", "What answers cost (tier prices per 1k tokens), by tier", ["tier"], registry=self.registry
+        )
+        self.cache = Counter(
+            "kb_cache_requests", "Semantic cache lookups by result", ["result"], registry=self.registry
+        )
+        self.routes = Counter(
+            "kb_route",
+            "Answers by the tier that answered and why it was chosen",
+            ["tier", "reason"],
+            registry=self.registry,
+        )
+        self.escalations = Counter(
+            "kb_cascade_escalations",
+            "Tiers passed over by the cascade, and why",
+            ["tier", "why"],
+            registry=self.registry,
+        )
+        self.degradation = Gauge(
+            "kb_degradation_level", "Load degradation level (0 normal .. 4 extractive only)", registry=self.registry
+        )
+        self.degradation_steps = Counter(
+            "kb_degradation_changes",
+            "Changes of the degradation level, by direction and new level",
+            ["direction", "level"],
+            registry=self.registry,
+        )
+        self.inflight = Gauge("kb_answers_in_flight", "Answers being made now in this process", registry=self.registry)
         self.first_token = Histogram(
             "kb_answer_first_token_seconds",
             "Time from the question to the answer's first generated token",
@@ -63,6 +94,14 @@ class AnswerMetrics:
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).observe(seconds)
 
+    def watch_load(self, governor: LoadGovernor) -> None:
+        """Read the level and in-flight count at scrape time (tick: an idle server recovers too)."""
+        self.degradation.set_function(lambda: float(governor.tick()))
+        self.inflight.set_function(lambda: float(governor.inflight))
+
+    def degradation_changed(self, old: int, new: int, why: str) -> None:
+        self.degradation_steps.labels("up" if new > old else "down", LEVELS[new]).inc()
+
     def count_error(self, code: str) -> None:
         self.errors.labels(code).inc()
 
@@ -73,9 +112,18 @@ class AnswerMetrics:
             kind = "fallback"
         else:
             kind = "extractive" if answer.extractive else "generated"
-        self.answers.labels(kind).inc()
-        self.tokens.labels("prompt").inc(answer.usage.prompt_tokens)
-        self.tokens.labels("completion").inc(answer.usage.completion_tokens)
+        u = answer.usage
+        self.answers.labels("cached" if u.cache_hit else kind).inc()
+        if u.cache_hit or "cache" in u.stages_ms:
+            self.cache.labels("hit" if u.cache_hit else "miss").inc()
+        for tier, row in u.by_tier.items():
+            self.tokens.labels("prompt", tier).inc(row["prompt_tokens"])
+            self.tokens.labels("completion", tier).inc(row["completion_tokens"])
+            self.cost.labels(tier).inc(row["cost"])
+        self.routes.labels(u.tier or "extractive", u.route.split(">")[0] or "none").inc()
+        for step in u.escalations:
+            tier, _, why = step.partition(":")
+            self.escalations.labels(tier, why.split("(")[0]).inc()
         if answer.first_token_ms is not None:
             self.first_token.observe(answer.first_token_ms / 1000)
         for name, ms in answer.usage.stages_ms.items():

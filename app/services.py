@@ -7,14 +7,19 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from anyio import to_thread
 
-from app.citations import CitationFilter, attribute
-from app.llm import Generation, LLMClient, LLMUnavailable, TokenCounter
+from app.citations import CitationFilter, attribute, grounded_share
+from app.llm import Generation, LLMUnavailable
+from app.load import LoadGovernor, LoadSettings
 from app.observability import request_id, stage, tracer
 from app.prompt import ABSTAIN_TEXT, Passage, build_messages, order_passages
+from app.routing import Policy, Router, RouteSettings, signals
+from app.tiers import EXTRACTIVE, Tier, TierSettings
+from retrieval.cache import CacheHit, SemanticCache, safe_lookup
 from retrieval.compress import CONTEXT_RANK_PRIOR, QUOTE_RANK_PRIOR, CompressedContext, compress
 from retrieval.embedder import TextEmbedder
 from retrieval.rerank import Reranker
@@ -57,15 +62,13 @@ StreamItem = str | Restart | Answer
 
 @dataclass(frozen=True)
 class AnswerSettings:
-    """How much evidence an answer uses, how long it may be, and when it abstains."""
+    """How much evidence an answer uses and when it abstains. Output and window sizes belong to each tier."""
 
     passages: int = 5
     quote_budget_tokens: int = 120  # extractive: the best sentences within this many tokens
     quote_sentences: int = 4
     relative_floor: float = 0.6  # extractive: quote sentences scoring at least this share of the best one
     context_tokens: int = 1000  # generated: passage text in the prompt, in the served model's tokens
-    max_tokens: int = 256  # generated: output tokens at most
-    context_window: int = 2048  # the served model's context length (vLLM --max-model-len)
     temperature: float = 0.0
     min_confidence: float = 0.2  # abstain under this calibrated reranker confidence
     # With no reranker: abstain when no kept sentence has at least this cosine to the question. 0.45 is the highest
@@ -87,6 +90,8 @@ class _Evidence:
     context: CompressedContext
     confidence: float | None
     usage: Usage
+    calibrated: bool = False  # confidence is the reranker's calibrated probability, not a cosine
+    agreement: float | None = None
 
     @property
     def relevant_enough(self) -> bool:
@@ -94,40 +99,59 @@ class _Evidence:
 
 
 class AnswerService:
-    """Retrieve, rerank (when a cross-encoder is configured), compress, then generate with the LLM, or quote
-    the best sentences when there is none or it fails. Every answer cites only passages the caller may read."""
+    """Look in the semantic cache; else retrieve, rerank (when a cross-encoder is configured) and compress,
+    then let the routed tier answer: quote the best sentences (the zero-token tier) or generate with a model,
+    climbing the cascade when a cheap answer is not grounded. Every answer cites only passages the caller
+    may read; under load the governor's level makes each step cheaper."""
 
     def __init__(
         self,
         retriever: Retriever,
         embedder: TextEmbedder,
         reranker: Reranker,
-        llm: LLMClient | None = None,
-        tokens: TokenCounter | None = None,
+        tiers: list[Tier] | None = None,
         settings: AnswerSettings | None = None,
+        router: RouteSettings | None = None,
+        cache: SemanticCache | None = None,
+        governor: LoadGovernor | None = None,
     ) -> None:
         self.retriever = retriever
         self.embedder = embedder
         self.reranker = reranker
-        self.llm = llm or LLMClient.disabled()
-        self.tokens = tokens or TokenCounter("", embedder.count_tokens)
+        self.tiers = tiers or [Tier(TierSettings(name=EXTRACTIVE, kind="extractive"))]
         self.settings = settings or AnswerSettings()
+        self.router = Router(self.tiers, router)
+        self.cache = cache
+        self.governor = governor or LoadGovernor(LoadSettings(enabled=False))
+        generating = [t for t in self.tiers if t.generates]
+        # Context is compressed once, in the cheapest model's tokens; each tier's window is checked when it fits.
+        self.tokens = generating[0].tokens if generating else None
+
+    @property
+    def generates(self) -> bool:
+        return any(t.generates for t in self.tiers)
 
     # -- evidence ---------------------------------------------------------------------------------------
-    def _evidence(self, principal: Principal, query: str, mode: SearchMode, generate: bool) -> _Evidence:
+    def _evidence(
+        self, principal: Principal, query: str, mode: SearchMode, generate: bool, qvec: list[float], level: int
+    ) -> _Evidence:
         s = self.settings
-        usage = Usage()
+        usage = Usage(degradation=level)
         depth = max(s.passages, self.reranker.settings.max_depth) if self.reranker.enabled else s.passages
         with stage(usage, "retrieve"):
-            hits = self.retriever.search(query, principal, mode, depth)
+            hits = self.retriever.search(query, principal, mode, depth, dense=qvec)
         if not hits:
             return _Evidence([], CompressedContext(), None, usage)
+        agreement = self.retriever.agreement(query, hits, mode)
         with stage(usage, "rerank"):
-            ranked = self.reranker.rerank(query, hits)
+            rerank_depth = max(s.passages, self.reranker.depth_for(len(hits)) // 2) if level >= 1 else None
+            ranked = self.reranker.rerank(query, hits, rerank_depth)
         hits = [r.hit for r in ranked][: s.passages]
         with stage(usage, "compress"):
-            context = self._compress(query, hits, generate)
+            budget = s.context_tokens // 2 if level >= 2 else s.context_tokens
+            context = self._compress(query, qvec, hits, generate, budget)
         confidence = ranked[0].confidence
+        calibrated = confidence is not None
         if confidence is not None:
             relevant = confidence >= s.min_confidence
         else:
@@ -136,18 +160,20 @@ class AnswerService:
         if not relevant:
             log.info("answer.abstain reason=low_confidence confidence=%.3f", confidence)
             context = CompressedContext(tokens_in=context.tokens_in)
-        return _Evidence(hits, context, confidence, usage)
+        return _Evidence(hits, context, confidence, usage, calibrated, agreement)
 
-    def _compress(self, query: str, hits: list[Hit], generate: bool) -> CompressedContext:
+    def _compress(
+        self, query: str, qvec: list[float], hits: list[Hit], generate: bool, budget: int | None = None
+    ) -> CompressedContext:
         """The passages' best sentences: a generator's context budget, or the few an extractive answer quotes."""
         s = self.settings
         return compress(
             query,
             hits,
             embed=self.embedder.embed_documents,
-            query_vec=self.embedder.embed_query(query),
-            count_tokens=self.tokens if generate else self.embedder.count_tokens,
-            budget_tokens=s.context_tokens if generate else s.quote_budget_tokens,
+            query_vec=qvec,
+            count_tokens=self.tokens if generate and self.tokens else self.embedder.count_tokens,
+            budget_tokens=(budget or s.context_tokens) if generate else s.quote_budget_tokens,
             rank_prior=CONTEXT_RANK_PRIOR if generate else QUOTE_RANK_PRIOR,
         )
 
@@ -169,6 +195,16 @@ class AnswerService:
             return Answer(NO_ANSWER, [], ev.hits, confidence=ev.confidence, usage=ev.usage, abstained=True)
         return Answer(" ".join(parts), citations, ev.hits, confidence=ev.confidence, usage=ev.usage)
 
+    async def _quoted(self, query: str, qvec: list[float], ev: _Evidence, recompress: bool) -> Answer:
+        """The quoted answer; `recompress` when the context was cut for a generator (its budget is larger)."""
+        if recompress:
+            with stage(ev.usage, "compress"):
+                context = await to_thread.run_sync(self._compress, query, qvec, ev.hits, False)
+            ev = _Evidence(ev.hits, context, ev.confidence, ev.usage, ev.calibrated, ev.agreement)
+        answer = self._quote(ev)
+        answer.usage.tier = self.tiers[0].name
+        return answer
+
     def answer(
         self,
         principal: Principal,
@@ -176,14 +212,13 @@ class AnswerService:
         mode: SearchMode = SearchMode.HYBRID,
         history: list[dict[str, str]] | None = None,
     ) -> Answer:
-        """The whole answer at once (CLI, evals): generated when an LLM is configured, else extractive."""
-        if not self.llm.enabled:
-            return self._quote(self._evidence(principal, question, mode, generate=False))
+        """The whole answer at once (CLI, evals)."""
 
         async def collect() -> Answer:
-            async for item in self.stream(principal, question, mode, history or []):
-                if isinstance(item, Answer):
-                    return item
+            async with aclosing(self.stream(principal, question, mode, history or [])) as items:
+                async for item in items:
+                    if isinstance(item, Answer):
+                        return item
             raise RuntimeError("the answer stream ended without an answer")
 
         return asyncio.run(collect())
@@ -199,27 +234,31 @@ class AnswerService:
             evidence.append((Citation(c.doc_id, c.path, c.title, c.chunk, text, start, end), text))
         return evidence
 
-    @property
-    def prompt_limit(self) -> int:
-        """Prompt tokens a request may use: the model's window less the output budget."""
-        return self.settings.context_window - self.settings.max_tokens
-
     def check_question(self, question: str) -> None:
-        """Refuse, before any work, a question that cannot fit the prompt even without passages."""
-        if self.llm.enabled:
-            self._fit([], [], question)
+        """Refuse, before any work, a question that fits no tier's prompt even without passages."""
+        generating = [t for t in self.tiers if t.generates]
+        errors: list[PromptTooLong] = []
+        for tier in generating:
+            try:
+                self._fit(tier, [], [], question)
+                return
+            except PromptTooLong as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[-1]
 
     def _fit(
-        self, evidence: list[tuple[Citation, str]], history: list[dict[str, str]], question: str
+        self, tier: Tier, evidence: list[tuple[Citation, str]], history: list[dict[str, str]], question: str
     ) -> tuple[list[dict[str, str]], list[Passage]]:
-        """Messages (and their numbered passages) that fit the window with the output budget: the oldest turns
-        go first, then the lowest-ranked passages (`evidence` is in rank order)."""
-        limit = self.prompt_limit
+        """Messages (and their numbered passages) that fit the tier's window with its output budget: the oldest
+        turns go first, then the lowest-ranked passages (`evidence` is in rank order)."""
+        assert tier.tokens is not None
+        limit = tier.settings.context_window - tier.settings.max_tokens
         history = list(history)
         while True:
             passages = order_passages(evidence)
             messages = build_messages(passages, history, question)
-            used = self.tokens.chat_tokens(messages)
+            used = tier.tokens.chat_tokens(messages)
             if used <= limit:
                 return messages, passages
             if history:
@@ -245,43 +284,171 @@ class AnswerService:
         """Text deltas (str), possibly a Restart, and finally the Answer with citations and usage.
 
         `search_query` is what retrieval looks for (a standalone rewrite of a follow-up); the model answers
-        `question` in the light of `history`. `max_tokens` may lower the output budget, never raise it.
+        `question` in the light of `history`. `max_tokens` may lower a tier's output budget, never raise it.
         """
+        level = self.governor.enter()
+        t0, done = time.perf_counter(), False
+        try:
+            items = self._stream(principal, question, mode, history or [], search_query, max_tokens, temperature, level)
+            async with aclosing(items) as answer_items:
+                async for item in answer_items:
+                    if isinstance(item, Answer):
+                        done = True
+                        item.usage.stages_ms["total"] = (time.perf_counter() - t0) * 1000
+                    yield item
+        finally:
+            self.governor.exit((time.perf_counter() - t0) * 1000 if done else None)
+
+    async def _stream(
+        self,
+        principal: Principal,
+        question: str,
+        mode: SearchMode,
+        history: list[dict[str, str]],
+        search_query: str | None,
+        max_tokens: int | None,
+        temperature: float | None,
+        level: int,
+    ) -> AsyncGenerator[StreamItem, None]:
         query = search_query or question
-        generate = self.llm.enabled
-        ev = await to_thread.run_sync(self._evidence, principal, query, mode, generate)
+        usage = Usage(degradation=level)
+        with stage(usage, "embed"):
+            qvec = await to_thread.run_sync(self.embedder.embed_query, query)
+        cache = self.cache if self.cache is not None and self.cache.enabled and not history else None
+        if cache is not None:
+            with stage(usage, "cache"):
+                hit = await to_thread.run_sync(safe_lookup, cache, qvec, principal, mode.value)
+            if hit is not None:
+                answer = _from_cache(hit, usage)
+                yield answer.text
+                yield answer
+                return
+        generate = self.generates and level < 4
+        ev = await to_thread.run_sync(self._evidence, principal, query, mode, generate, qvec, level)
+        ev.usage.stages_ms = {**usage.stages_ms, **ev.usage.stages_ms}
         if not ev.relevant_enough:
-            yield ABSTAIN_TEXT if generate else NO_ANSWER
-            yield Answer(
-                ABSTAIN_TEXT if generate else NO_ANSWER,
-                [],
-                ev.hits,
-                extractive=not generate,
-                confidence=ev.confidence,
-                usage=ev.usage,
-                abstained=True,
-            )
+            text = ABSTAIN_TEXT if generate else NO_ANSWER
+            ev.usage.tier, ev.usage.route = self.tiers[0].name, "abstained:low_confidence"
+            yield text
+            yield Answer(text, [], ev.hits, extractive=True, confidence=ev.confidence, usage=ev.usage, abstained=True)
             return
-        if not generate:
-            answer = self._quote(ev)
-            yield answer.text
-            yield answer
-            return
+        turns = sum(1 for m in history if m.get("role") == "user")
+        route = self.router.route(signals(question, ev.confidence, ev.calibrated, ev.agreement, turns), level)
+        ev.usage.route = route.reason
+        log.info("answer.route tier=%s reason=%s level=%d", self.tiers[route.tier].name, route.reason, level)
+        final: Answer | None = None
+        if not self.tiers[route.tier].generates:
+            final = await self._quoted(query, qvec, ev, recompress=generate)
+            yield final.text
+            yield final
+        else:
+            async with aclosing(
+                self._cascade(route.tier, query, qvec, question, history, ev, max_tokens, temperature, level)
+            ) as items:
+                async for item in items:
+                    if isinstance(item, Answer):
+                        final = item
+                    yield item
+        if final is not None and cache is not None and level == 0 and _cacheable(final):
+            try:
+                await to_thread.run_sync(cache.put, qvec, query, mode.value, ev.hits, _to_cache(final))
+            except Exception as exc:  # the engines raise plain runtime errors; the answer was already sent
+                log.warning("cache.put_failed error=%s", exc)
+
+    async def _cascade(
+        self,
+        start: int,
+        query: str,
+        qvec: list[float],
+        question: str,
+        history: list[dict[str, str]],
+        ev: _Evidence,
+        max_tokens: int | None,
+        temperature: float | None,
+        level: int,
+    ) -> AsyncGenerator[StreamItem, None]:
+        """Generate at `start`; in a cascade, a tier below the top answers silently and is kept only when its
+        answer is grounded, else the next tier up answers. An ungrounded top answer is replaced by the quote."""
+        cascade = self.router.settings.policy == Policy.CASCADE and level < 3
+        evidence = self._evidence_texts(ev.context)
+        index: int | None = start
+        streamed, unavailable = False, ""
+        while index is not None:
+            tier = self.tiers[index]
+            nxt = self.router.next_tier(index) if cascade else None
+            buffered = nxt is not None  # a tier that may be passed over answers silently
+            answer: Answer | None = None
+            parts: list[str] = []
+            try:
+                messages, passages = self._fit(tier, evidence, history, question)
+                async with aclosing(self._generate(tier, messages, passages, ev, max_tokens, temperature)) as pieces:
+                    async for piece in pieces:
+                        if isinstance(piece, Answer):
+                            answer = piece
+                        elif buffered:
+                            parts.append(piece)
+                        else:
+                            streamed = True
+                            yield piece
+            except (LLMUnavailable, PromptTooLong) as exc:
+                unavailable = str(exc)
+                ev.usage.escalations.append(f"{tier.name}:unavailable")
+                log.warning("llm.failed tier=%s next=%s error=%s", tier.name, nxt or "extractive", exc)
+            if answer is not None:
+                why = await to_thread.run_sync(self._ungrounded, answer, passages) if cascade else ""
+                if not why:
+                    if buffered and parts:
+                        yield "".join(parts)
+                    yield answer
+                    return
+                ev.usage.escalations.append(f"{tier.name}:{why}")
+                log.info("answer.escalate tier=%s why=%s next=%s", tier.name, why, nxt or "extractive")
+            index = nxt
+        # every tier failed, or none was grounded: the quoted answer, from the same passages
+        if streamed:
+            yield Restart()
+        quote = await self._quoted(query, qvec, ev, recompress=True)
+        failed_all = all(e.endswith(":unavailable") for e in ev.usage.escalations)
+        quote.fallback = f"llm_unavailable: {unavailable}" if failed_all else f"ungrounded: {ev.usage.escalations[-1]}"
+        quote.usage.route = ">".join([ev.usage.route, *ev.usage.escalations, "extractive"])
+        yield quote.text
+        yield quote
+
+    def _ungrounded(self, answer: Answer, passages: list[Passage]) -> str:
+        """Why a generated answer is not grounded ("" when it is): it abstains although passages were found,
+        or too few of its sentences are supported by a passage."""
+        if answer.abstained:
+            return "abstained"
+        share = grounded_share(answer.text, passages, self.embedder.embed_documents, self.settings.min_similarity)
+        return f"ungrounded({share:.2f})" if share < self.router.settings.min_grounded else ""
+
+    async def _generate(
+        self,
+        tier: Tier,
+        messages: list[dict[str, str]],
+        passages: list[Passage],
+        ev: _Evidence,
+        max_tokens: int | None,
+        temperature: float | None,
+    ) -> AsyncGenerator[str | Answer, None]:
+        """One tier's generated answer: text deltas with valid citation markers, then the Answer."""
+        assert tier.llm is not None and tier.tokens is not None
         s = self.settings
-        out_tokens = min(max_tokens or s.max_tokens, s.max_tokens)
-        messages, passages = self._fit(self._evidence_texts(ev.context), history or [], question)
+        limit = tier.settings.max_tokens
+        out_tokens = min(max_tokens or limit, limit)
         cites = CitationFilter(passages)
         done: list[Generation] = []
         text = ""
         t0 = time.perf_counter()
         # Not a current span: the stream yields to its caller, and a span made current would leak into it.
         span = tracer.start_span(
-            "generate", attributes={"kb.request_id": request_id.get(), "kb.model": self.llm.settings.model}
+            "generate",
+            attributes={"kb.request_id": request_id.get(), "kb.model": tier.llm.settings.model, "kb.tier": tier.name},
         )
         try:
             temp = s.temperature if temperature is None else temperature
             # aclosing: if our caller leaves mid-answer, the upstream request is closed now, not at GC time
-            async with aclosing(self.llm.stream(messages, out_tokens, temp, done.append)) as pieces:
+            async with aclosing(tier.llm.stream(messages, out_tokens, temp, done.append)) as pieces:
                 async for piece in pieces:
                     out = cites.feed(piece)
                     if out:
@@ -291,25 +458,17 @@ class AnswerService:
             if tail:
                 text += tail
                 yield tail
-        except LLMUnavailable as exc:
-            log.warning("llm.failed fallback=extractive streamed_chars=%d error=%s", len(text), exc)
-            if text:
-                yield Restart()
-            # The same passages, compressed to the few sentences a quote needs: no second retrieval.
-            quote_context = await to_thread.run_sync(self._compress, query, ev.hits, False)
-            answer = self._quote(_Evidence(ev.hits, quote_context, ev.confidence, ev.usage))
-            answer.fallback = f"llm_unavailable: {exc}"
-            yield answer.text
-            yield answer
-            return
         finally:
             span.end()
+            elapsed = (time.perf_counter() - t0) * 1000
+            key = "generate" if "generate" not in ev.usage.stages_ms else f"generate:{tier.name}"
+            ev.usage.stages_ms[key] = elapsed
         gen = done[0]
-        ev.usage.stages_ms["generate"] = (time.perf_counter() - t0) * 1000
-        ev.usage.prompt_tokens, ev.usage.completion_tokens = gen.prompt_tokens, gen.completion_tokens
-        if not gen.prompt_tokens:  # a server that sends no usage in streams (llama.cpp): count it ourselves
-            ev.usage.prompt_tokens = self.tokens.chat_tokens(messages)
-            ev.usage.completion_tokens = self.tokens(gen.text)
+        prompt, completion = gen.prompt_tokens, gen.completion_tokens
+        if not prompt:  # a server that sends no usage in streams (llama.cpp): count it ourselves
+            prompt, completion = tier.tokens.chat_tokens(messages), tier.tokens(gen.text)
+        ev.usage.charge(tier.name, prompt, completion, tier.cost(prompt, completion))
+        ev.usage.tier = tier.name
         text, cited, abstained = text.strip(), cites.cited, _abstains(text)
         attributed = False
         if text and not cited and not abstained:
@@ -325,10 +484,43 @@ class AnswerService:
             usage=ev.usage,
             abstained=abstained,
             attributed=attributed,
-            model=self.llm.settings.model,
+            model=tier.llm.settings.model,
             first_token_ms=gen.first_token_ms,
             finish_reason="length" if gen.finish_reason == "length" else "stop",
         )
+
+
+def _cacheable(answer: Answer) -> bool:
+    """Only full answers made the normal way are kept: not abstentions, fallbacks or cut-off text."""
+    return not (answer.abstained or answer.fallback or answer.finish_reason != "stop" or answer.usage.cache_hit)
+
+
+def _to_cache(answer: Answer) -> dict[str, Any]:
+    return {
+        "text": answer.text,
+        "citations": [asdict(c) for c in answer.citations],
+        "extractive": answer.extractive,
+        "attributed": answer.attributed,
+        "confidence": answer.confidence,
+        "model": answer.model,
+        "tier": answer.usage.tier,
+    }
+
+
+def _from_cache(hit: CacheHit, usage: Usage) -> Answer:
+    a = hit.answer
+    usage.cache_hit, usage.cache_similarity = True, round(hit.similarity, 4)
+    usage.tier, usage.route = str(a.get("tier", "")), "cache"
+    return Answer(
+        str(a.get("text", "")),
+        [Citation(**c) for c in a.get("citations", [])],
+        hit.hits,
+        extractive=bool(a.get("extractive", True)),
+        confidence=a.get("confidence"),
+        usage=usage,
+        attributed=bool(a.get("attributed", False)),
+        model=str(a.get("model", "")),
+    )
 
 
 def _abstains(text: str) -> bool:

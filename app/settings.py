@@ -9,9 +9,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.llm import LLMSettings
+from app.load import LoadSettings
+from app.routing import Policy, RouteSettings
 from app.services import AnswerSettings
+from app.tiers import EXTRACTIVE, TierSettings, parse_tiers
 from ingestion.celery_app import BrokerSettings
 from retrieval.adapt import AdaptSettings
+from retrieval.cache import CacheSettings
 from retrieval.settings import EmbedderSettings, FusionSettings, IndexSettings
 
 MAX_ADAPT_MINUTES = 240.0  # the longest training budget one adaptation may ask for
@@ -64,6 +68,18 @@ class Settings(BaseSettings):
     llm_frequency_penalty: float = 0.0
     daily_token_quota: int = 0  # LLM tokens (in + out) one API key may spend per UTC day; 0: unlimited
     redis_url: str = ""  # quota counters; default: the broker's Redis when KB_BROKER_URL is redis://, else SQL
+    tiers: str = ""  # JSON list of model tiers (app/tiers.py); empty: extractive, plus KB_LLM_* when set
+    routing: str = "fixed"  # fixed (the top tier) | route (the cheapest tier the request needs) | cascade
+    route_min_grounded: float = RouteSettings.min_grounded
+    cache_enabled: bool = True  # semantic cache of answers (a Qdrant collection beside the index)
+    cache_threshold: float = CacheSettings.threshold
+    cache_ttl_seconds: float = CacheSettings.ttl_seconds
+    cache_max_entries: int = CacheSettings.max_entries
+    degrade_enabled: bool = True  # adaptive degradation under load (app/load.py)
+    degrade_inflight: str = ",".join(str(n) for n in LoadSettings.inflight_steps)  # in-flight answers, levels 1..4
+    degrade_p95_ms: str = ""  # recent p95 answer latency (ms) at which levels 1..4 begin; empty: not used
+    degrade_window_seconds: float = LoadSettings.window_seconds
+    degrade_recover_seconds: float = LoadSettings.recover_seconds
     chat_model_name: str = "kb"  # the model name /v1/chat/completions and /v1/models answer to
     answer_min_confidence: float = AnswerSettings.min_confidence
     answer_min_similarity: float = AnswerSettings.min_similarity
@@ -134,11 +150,66 @@ class Settings(BaseSettings):
             quote_budget_tokens=self.answer_budget_tokens,
             quote_sentences=self.answer_sentences,
             context_tokens=self.llm_context_tokens,
-            max_tokens=self.llm_max_tokens,
-            context_window=self.llm_context_window,
             temperature=self.llm_temperature,
             min_confidence=self.answer_min_confidence,
             min_similarity=self.answer_min_similarity,
+        )
+
+    @cached_property
+    def tier_settings(self) -> list[TierSettings]:
+        """KB_TIERS when set; else the extractive tier, plus the one model KB_LLM_* names."""
+        if self.tiers.strip():
+            return parse_tiers(self.tiers)
+        tiers = [TierSettings(name=EXTRACTIVE, kind="extractive")]
+        llm = self.llm
+        if llm.enabled:
+            tiers.append(
+                TierSettings(
+                    name="llm",
+                    base_url=llm.base_url,
+                    model=llm.model,
+                    api_key=llm.api_key,
+                    tokenizer=llm.tokenizer,
+                    context_window=self.llm_context_window,
+                    max_tokens=self.llm_max_tokens,
+                    timeout_seconds=llm.timeout_s,
+                    max_retries=llm.max_retries,
+                    frequency_penalty=llm.frequency_penalty,
+                )
+            )
+        return tiers
+
+    @property
+    def route(self) -> RouteSettings:
+        try:
+            policy = Policy(self.routing)
+        except ValueError:
+            raise ValueError(f"KB_ROUTING must be one of {[p.value for p in Policy]}, not {self.routing!r}") from None
+        return RouteSettings(policy=policy, min_grounded=self.route_min_grounded)
+
+    @property
+    def cache(self) -> CacheSettings:
+        return CacheSettings(
+            enabled=self.cache_enabled,
+            threshold=self.cache_threshold,
+            ttl_seconds=self.cache_ttl_seconds,
+            max_entries=self.cache_max_entries,
+        )
+
+    @property
+    def load(self) -> LoadSettings:
+        def steps(raw: str, name: str) -> tuple[float, ...]:
+            try:
+                return tuple(float(x) for x in raw.split(",") if x.strip())
+            except ValueError:
+                raise ValueError(f"{name} must be comma-separated numbers, not {raw!r}") from None
+
+        return LoadSettings(
+            enabled=self.degrade_enabled,
+            inflight_steps=tuple(int(x) for x in steps(self.degrade_inflight, "KB_DEGRADE_INFLIGHT")),
+            p95_ms_steps=steps(self.degrade_p95_ms, "KB_DEGRADE_P95_MS"),
+            window_seconds=self.degrade_window_seconds,
+            recover_seconds=self.degrade_recover_seconds,
         )
 
     @property

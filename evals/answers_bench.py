@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 from rouge_score import rouge_scorer
 
-from app.llm import LLMClient, LLMSettings, TokenCounter
+from app.llm import LLMSettings
+from app.routing import Policy, RouteSettings
 from app.services import Answer, AnswerService, AnswerSettings
+from app.tiers import EXTRACTIVE, TierSettings, build_tiers
 from evals.beir import BeirDataset, reference_answers
 from evals.index import build_index
 from evals.retrieval_bench import EVAL_PRINCIPAL
@@ -73,6 +75,9 @@ class AnswerRow:
     total_ms: float
     prompt_tokens: int
     completion_tokens: int
+    cost: float = 0.0
+    tier: str = ""
+    route: str = ""
 
 
 async def _ask(service: AnswerService, question: str) -> tuple[Answer, float, float]:
@@ -115,7 +120,27 @@ def summarise(rows: list[AnswerRow]) -> dict[str, Any]:
         "total_ms_p95": _pct([r.total_ms for r in rows], 95),
         "prompt_tokens_mean": _mean([float(r.prompt_tokens) for r in rows]),
         "completion_tokens_mean": _mean([float(r.completion_tokens) for r in rows]),
+        "cost_per_answer": round(float(np.mean([r.cost for r in rows])), 8) if rows else 0.0,
+        "tiers": dict(Counter(r.tier for r in rows)),
+        "escalated": sum(1 for r in rows if ">" in r.route),
     }
+
+
+def tiers_for(llm: LLMSettings | None) -> list[TierSettings]:
+    """The extractive tier, plus the one model `llm` names."""
+    tiers = [TierSettings(name=EXTRACTIVE, kind="extractive")]
+    if llm is not None and llm.enabled:
+        tiers.append(
+            TierSettings(
+                name="llm",
+                base_url=llm.base_url,
+                model=llm.model,
+                tokenizer=llm.tokenizer,
+                timeout_seconds=llm.timeout_s,
+                frequency_penalty=llm.frequency_penalty,
+            )
+        )
+    return tiers
 
 
 def answer_eval(
@@ -127,8 +152,13 @@ def answer_eval(
     unanswerable: BeirDataset | None = None,
     rerank: RerankSettings | None = None,
     answer: AnswerSettings | None = None,
+    tiers: list[TierSettings] | None = None,
+    route: RouteSettings | None = None,
+    label: str = "",
 ) -> dict[str, Any]:
-    """Ask every judged question that has a reference answer (then the off-topic ones) and score the answers."""
+    """Ask every judged question that has a reference answer (then the off-topic ones) and score the answers.
+
+    `tiers` (default: extractive plus `llm`) answer under `route` (default: the top tier, always)."""
     references = reference_answers(dataset)
     if not references:
         raise ValueError(f"{dataset.path}: no query has metadata.answer; the answer eval needs reference answers")
@@ -137,15 +167,19 @@ def answer_eval(
         questions += [(f"off:{qid}", q, False) for qid, q in list(unanswerable.judged_queries.items())[:limit]]
     embedder = Embedder(settings.embedder)
     store = build_index(dataset, settings, cache_dir, embedder=embedder)
-    client = LLMClient(llm or LLMSettings())
+    configured = tiers or tiers_for(llm)
+    built = build_tiers(configured, embedder.count_tokens)
+    route = route or RouteSettings(policy=Policy.FIXED)
     service = AnswerService(
         Retriever(store, embedder, settings),
         embedder,
         Reranker(rerank or RerankSettings()),
-        client,
-        TokenCounter(client.settings.tokenizer if client.enabled else "", embedder.count_tokens),
+        built,
         answer or AnswerSettings(),
+        router=route,
     )
+    models = [t.model for t in configured if t.kind == "openai"]
+    generator = label or (f"{route.policy.value}:" + "+".join(models) if models else "extractive")
 
     async def run_all() -> list[AnswerRow]:
         rows = []
@@ -170,9 +204,14 @@ def answer_eval(
                     total_ms=total_ms,
                     prompt_tokens=result.usage.prompt_tokens,
                     completion_tokens=result.usage.completion_tokens,
+                    cost=result.usage.cost,
+                    tier=result.usage.tier,
+                    route=result.usage.route,
                 )
             )
-        await client.close()
+        for tier in built:
+            if tier.llm is not None:
+                await tier.llm.close()
         return rows
 
     try:
@@ -181,7 +220,9 @@ def answer_eval(
         store.close()
     return {
         "dataset": dataset.path.name,
-        "generator": client.settings.model if client.enabled else "extractive",
+        "generator": generator,
+        "tiers": [t.model_dump(exclude={"api_key"}) for t in configured],
+        "routing": route.policy.value,
         "unanswerable_from": unanswerable.path.name if unanswerable is not None else None,
         "summary": summarise(rows),
         "answers": [asdict(r) for r in rows],

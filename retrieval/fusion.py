@@ -23,3 +23,10 @@ def fusion_weights(settings: FusionSettings, terms: list[str]) -> tuple[float, f
         return settings.dense_weight, settings.bm25_weight
     scale = min(MAX_SCALE, max(MIN_SCALE, settings.reference_terms / len(terms)))
     return settings.dense_weight, settings.bm25_weight * scale
+
+
+def fused_agreement(score: float, rrf_k: int, weights: tuple[float, float]) -> float:
+    """How far both lists agree on the top hit: its fused score over the best possible one (first in both
+    lists), in [0, 1]. Near 1 when BM25 and dense both rank it first; at most about a half when only one does."""
+    best = sum(1.0 / (rrf_k - 1 + 1.0 / w) for w in weights if w > 0)
+    return min(1.0, score / best) if best > 0 else 0.0

@@ -7,7 +7,7 @@ import time
 
 from retrieval.bm25 import query_terms
 from retrieval.embedder import TextEmbedder
-from retrieval.fusion import fusion_weights
+from retrieval.fusion import fused_agreement, fusion_weights
 from retrieval.settings import IndexSettings
 from retrieval.store import Store, StoreQuery
 from retrieval.types import Chunk, Hit, Principal, SearchMode
@@ -23,10 +23,15 @@ class Retriever:
         self.embedder = embedder
         self.settings = settings
 
-    def build_query(self, query: str, principal: Principal, mode: SearchMode, limit: int) -> StoreQuery:
+    def build_query(
+        self, query: str, principal: Principal, mode: SearchMode, limit: int, dense: list[float] | None = None
+    ) -> StoreQuery:
         fusion = self.settings.fusion
         terms = query_terms(query)
-        dense = self.embedder.embed_query(query) if mode != SearchMode.BM25 else None
+        if mode == SearchMode.BM25:
+            dense = None
+        elif dense is None:
+            dense = self.embedder.embed_query(query)
         weights = fusion_weights(fusion, terms)
         return StoreQuery(
             mode=mode,
@@ -41,11 +46,16 @@ class Retriever:
         )
 
     def search(
-        self, query: str, principal: Principal, mode: SearchMode = SearchMode.HYBRID, limit: int = 10
+        self,
+        query: str,
+        principal: Principal,
+        mode: SearchMode = SearchMode.HYBRID,
+        limit: int = 10,
+        dense: list[float] | None = None,
     ) -> list[Hit]:
-        """Top `limit` chunks the principal may read, best first."""
+        """Top `limit` chunks the principal may read, best first (`dense`: the query's vector, if known)."""
         started = time.perf_counter()
-        request = self.build_query(query, principal, mode, limit)
+        request = self.build_query(query, principal, mode, limit, dense)
         if mode == SearchMode.BM25 and not request.text:
             return []
         if mode == SearchMode.HYBRID and not request.text:
@@ -54,3 +64,11 @@ class Retriever:
         hits = [Hit(chunk=Chunk.from_payload(p.payload), score=p.score, point_id=p.id) for p in points]
         log.debug("search mode=%s hits=%d ms=%.1f", mode.value, len(hits), (time.perf_counter() - started) * 1000)
         return hits
+
+    def agreement(self, query: str, hits: list[Hit], mode: SearchMode) -> float | None:
+        """BM25 and dense agreement on the top hit of a hybrid search (None in other modes), from its score."""
+        terms = query_terms(query)
+        if mode != SearchMode.HYBRID or not hits or not terms:
+            return None
+        weights = fusion_weights(self.settings.fusion, terms)
+        return fused_agreement(hits[0].score, self.settings.fusion.rrf_k, weights)

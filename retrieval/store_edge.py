@@ -120,6 +120,17 @@ class EdgeStore(ScrollingStore):
             raise StoreUnavailable(f"Qdrant Edge query failed: {exc}") from exc
         return [StoredPoint(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
+    def retrieve(self, ids: list[str]) -> list[StoredPoint]:
+        if not ids:
+            return []
+        try:
+            records = self.shard.retrieve(list(ids), with_payload=True, with_vector=False)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(f"Qdrant Edge retrieve failed: {exc}") from exc
+        return [StoredPoint(str(r.id), 0.0, dict(r.payload or {})) for r in records]
+
     def _filter(self, doc_id: str | None) -> qe.Filter | None:
         if doc_id is None:
             return None

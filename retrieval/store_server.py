@@ -133,6 +133,15 @@ class QdrantServerStore(ScrollingStore):
             raise StoreUnavailable(f"Qdrant server query failed: {exc}") from exc
         return [StoredPoint(str(p.id), float(p.score), dict(p.payload or {})) for p in resp.points]
 
+    def retrieve(self, ids: list[str]) -> list[StoredPoint]:
+        if not ids:
+            return []
+        try:
+            records = self.client.retrieve(self.collection, ids=list(ids), with_payload=True, with_vectors=False)
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Qdrant server retrieve failed: {exc}") from exc
+        return [StoredPoint(str(r.id), 0.0, dict(r.payload or {})) for r in records]
+
     def _filter(self, doc_id: str | None) -> models.Filter | None:
         if doc_id is None:
             return None

@@ -119,8 +119,26 @@ class Hit:
 
 @dataclass
 class Usage:
-    """What an answer cost: tokens in and out and time spent per stage (ms)."""
+    """What an answer cost and how it was made: tokens in and out, cost, the tier that answered and why,
+    whether the semantic cache answered, the degradation level it ran at, and time spent per stage (ms)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     stages_ms: dict[str, float] = field(default_factory=dict)
+    cost: float = 0.0
+    tier: str = ""
+    route: str = ""  # why that tier: the router's reason, "cache", or an escalation chain
+    cache_hit: bool = False
+    cache_similarity: float | None = None
+    degradation: int = 0
+    escalations: list[str] = field(default_factory=list)  # cascade: "<tier>:<why>" for each tier passed over
+    by_tier: dict[str, dict[str, float]] = field(default_factory=dict)  # tokens and cost of each tier called
+
+    def charge(self, tier: str, prompt_tokens: int, completion_tokens: int, cost: float) -> None:
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.cost += cost
+        row = self.by_tier.setdefault(tier, {"prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0})
+        row["prompt_tokens"] += prompt_tokens
+        row["completion_tokens"] += completion_tokens
+        row["cost"] += cost

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from retrieval.cache_tables import CacheTable, EdgeCacheTable, ServerCacheTable
 from retrieval.settings import IndexSettings
 from retrieval.store import IndexedChunk, Store, StoredPoint, StoreQuery, StoreUnavailable
 from retrieval.types import Chunk
@@ -38,6 +39,10 @@ class IndexVersions(Protocol):
         ...
 
     def drop(self, version: int, store: Store) -> None: ...
+
+    def cache_table(self) -> CacheTable:
+        """Where the semantic cache lives, beside the index versions."""
+        ...
 
     def close(self) -> None: ...
 
@@ -79,6 +84,9 @@ class EdgeVersions:
     def drop(self, version: int, store: Store) -> None:
         store.close()
         shutil.rmtree(self._path(version), ignore_errors=True)
+
+    def cache_table(self) -> CacheTable:
+        return EdgeCacheTable(self.root / f"{self.settings.collection}_cache")
 
     def close(self) -> None:
         """Each version's store closes itself."""
@@ -140,6 +148,9 @@ class ServerVersions:
 
     def drop(self, version: int, store: Store) -> None:
         self._admin.client.delete_collection(self._name(version))
+
+    def cache_table(self) -> CacheTable:
+        return ServerCacheTable(self._admin.client, f"{self.alias}_cache")
 
     def close(self) -> None:
         self._admin.close()
@@ -212,6 +223,9 @@ class LiveStore:
 
     def query(self, request: StoreQuery) -> list[StoredPoint]:
         return self.live.query(request)
+
+    def retrieve(self, ids: list[str]) -> list[StoredPoint]:
+        return self.live.retrieve(ids)
 
     def count(self, doc_id: str | None = None) -> int:
         return self.live.count(doc_id)

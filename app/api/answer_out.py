@@ -32,7 +32,19 @@ def token_counts(usage: Usage) -> dict[str, int]:
 
 
 def usage_out(usage: Usage) -> dict[str, object]:
-    return {**token_counts(usage), "stages_ms": usage.stages_ms}
+    """Tokens, cost, cache hit, the tier that answered and why, degradation level and time per stage."""
+    return {
+        **token_counts(usage),
+        "cost": round(usage.cost, 8),
+        "cache_hit": usage.cache_hit,
+        "cache_similarity": usage.cache_similarity,
+        "tier": usage.tier,
+        "route": usage.route,
+        "escalations": usage.escalations,
+        "degradation": usage.degradation,
+        "by_tier": usage.by_tier,
+        "stages_ms": {k: round(v, 2) for k, v in usage.stages_ms.items()},
+    }
 
 
 def citations_out(answer: Answer) -> list[AnswerCitationOut]:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.answer_out import citations_out, token_counts, until_disconnected
+from app.api.answer_out import citations_out, token_counts, until_disconnected, usage_out
 from app.api.deps import ContainerDep, PrincipalDep
 from app.api.errors import ApiError
 from app.chat import answer_flags
@@ -100,7 +100,7 @@ def _split(body: ChatCompletionIn, max_chars: int) -> tuple[str, list[dict[str, 
 def _extra(answer: Answer) -> dict[str, Any]:
     return {
         "citations": [c.model_dump() for c in citations_out(answer)],
-        "kb": {**answer_flags(answer), "stages_ms": answer.usage.stages_ms},
+        "kb": {**answer_flags(answer), "usage": usage_out(answer.usage)},
     }
 
 

@@ -25,7 +25,7 @@ def test_every_metric_the_dashboard_queries_is_exported() -> None:
     metrics.observe_request("/v1/answer", "POST", 200, 0.1)
     metrics.stages.labels("retrieve").observe(0.01)
     metrics.answers.labels("generated").inc()
-    metrics.tokens.labels("prompt").inc()
+    metrics.tokens.labels("prompt", "llm").inc()
     metrics.count_error("not_found")
     exported = {s.name for family in metrics.registry.collect() for s in family.samples}
     assert queried and queried <= exported, queried - exported
