@@ -137,6 +137,49 @@ def _answers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _concurrency(value: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        levels = ()
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"--concurrency takes positive integers like 1,4, not {value!r}")
+    return levels
+
+
+def _serving(args: argparse.Namespace) -> int:
+    from evals.serving_bench import ServerUnavailable, ServingSettings, format_table, run
+
+    url = args.url or os.environ.get("KB_TEST_LLM_URL", "")
+    model = args.model or os.environ.get("KB_TEST_LLM_MODEL", "")
+    if not (url and model):
+        raise SystemExit(
+            "serving needs a server: --url and --model (or KB_TEST_LLM_URL / KB_TEST_LLM_MODEL); "
+            "start the local one with `bash deploy/local/llm_server.sh start`"
+        )
+    if not 0.0 <= args.shared_prefix < 1.0 or args.prompt_tokens < 1 or args.requests < 1:
+        raise SystemExit("--shared-prefix must lie in [0, 1); --prompt-tokens and --requests at least 1")
+    settings = ServingSettings(
+        url=url,
+        model=model,
+        api_key=args.api_key or os.environ.get("KB_LLM_API_KEY") or "none",
+        requests=args.requests,
+        concurrency=args.concurrency,
+        prompt_tokens=args.prompt_tokens,
+        max_tokens=args.max_tokens,
+        shared_prefix=args.shared_prefix,
+        tokenizer=args.tokenizer or "",
+        timeout_s=args.timeout,
+    )
+    try:
+        result = run(settings)
+    except ServerUnavailable as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(format_table(result))
+    _write(args.out, result)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the subcommand and run it; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="python -m evals", description=__doc__)
@@ -196,6 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     ans.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where indexed shards are kept")
     ans.set_defaults(func=_answers)
     add_ingest_parser(sub)
+    srv = sub.add_parser("serving", help="TTFT, latency, tok/s and prefix-cache hits of a model server per concurrency")
+    srv.add_argument("--url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8011/v1 (or KB_TEST_LLM_URL)")
+    srv.add_argument("--model", help="served model name (or KB_TEST_LLM_MODEL)")
+    srv.add_argument("--api-key", help="the server's API key (or KB_LLM_API_KEY)")
+    srv.add_argument("--requests", type=int, default=16, help="requests per concurrency level")
+    srv.add_argument("--concurrency", type=_concurrency, default=(1, 4), help="levels, e.g. 1,4,16")
+    srv.add_argument("--prompt-tokens", type=int, default=1000, help="about this many prompt tokens per request")
+    srv.add_argument("--max-tokens", type=int, default=64, help="output tokens at most per request")
+    srv.add_argument("--shared-prefix", type=float, default=0.8, help="share of the prompt every request shares")
+    srv.add_argument("--tokenizer", help="count prompt tokens with this tokenizer (default: 1.3 per word)")
+    srv.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for a token")
+    srv.add_argument("--json", "--out", dest="out", type=Path, help="write the result as JSON here")
+    srv.set_defaults(func=_serving)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
