@@ -37,6 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "KB_LLM_TOKENIZER": LLM_TOKENIZER,
         "KB_LLM_TIMEOUT_SECONDS": "120",
         "KB_LLM_MAX_TOKENS": "96",
+        "KB_CACHE_ENABLED": "false",  # these tests ask the same question and look at each generation
         "HF_HUB_OFFLINE": "1",
     }
     with sample_server(tmp_path_factory.mktemp("llm") / "data", 12, env) as srv:
@@ -156,3 +157,71 @@ def test_a_follow_up_is_rewritten_by_the_model_and_the_rewrite_counts_in_the_usa
     usage = done["usage"]
     assert usage["stages_ms"]["rewrite"] > 0  # the model rewrote the follow-up before retrieval
     assert usage["prompt_tokens"] > first["usage"]["prompt_tokens"] // 2
+
+
+def tier(name: str, price_in: float, price_out: float) -> dict[str, object]:
+    return {
+        "name": name,
+        "base_url": LLM_URL,
+        "model": LLM_MODEL,
+        "tokenizer": LLM_TOKENIZER,
+        "price_in_per_1k": price_in,
+        "price_out_per_1k": price_out,
+        "max_tokens": 48,
+        "timeout_seconds": 120,
+    }
+
+
+def tiered_env(routing: str, min_grounded: float) -> dict[str, str]:
+    return {
+        # the same served model twice, priced apart: the cascade's mechanics, not two models' quality
+        "KB_TIERS": json.dumps([tier("big", 1.0, 4.0), tier("small", 0.1, 0.4)]),
+        "KB_ROUTING": routing,
+        "KB_ROUTE_MIN_GROUNDED": str(min_grounded),
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def test_a_cascade_escalates_an_ungrounded_answer_and_charges_each_tier(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """No answer can be grounded at a required share above 1: the small tier answers silently, the big one
+    streams, and both give way to the quoted answer; usage shows every call and its cost."""
+    env = tiered_env("cascade", 1.01)
+    with sample_server(tmp_path_factory.mktemp("cascade") / "data", 12, env) as srv, srv.client() as c:
+        events = sse_events(c.post("/v1/answer", json={"question": VACATION, "stream": True}, timeout=300))
+        again = c.post("/v1/answer", json={"question": VACATION}, timeout=300).json()
+    names = [e for e, _ in events]
+    done = events[-1][1]
+    usage = done["usage"]
+    assert "restart" in names  # the big tier's streamed text was replaced
+    assert [e.split(":")[0] for e in usage["escalations"]] == ["small", "big"], usage
+    assert all(":ungrounded(" in e or e.endswith(":abstained") for e in usage["escalations"])
+    assert done["extractive"] is True and str(done["fallback"]).startswith("ungrounded")
+    assert "25 vacation days" in str(done["answer"]) and usage["tier"] == "extractive"
+    small, big = usage["by_tier"]["small"], usage["by_tier"]["big"]
+    assert small["prompt_tokens"] > 100 and big["prompt_tokens"] > 100
+    expected = sum(
+        r["prompt_tokens"] / 1000 * pi + r["completion_tokens"] / 1000 * po
+        for r, pi, po in [(small, 0.1, 0.4), (big, 1.0, 4.0)]
+    )
+    assert usage["cost"] == pytest.approx(expected, rel=1e-6)
+    assert usage["prompt_tokens"] == small["prompt_tokens"] + big["prompt_tokens"]
+    assert again["usage"]["cache_hit"] is False  # a fallback answer is never cached
+
+
+def test_an_accepted_cheap_answer_stops_the_cascade_and_a_repeat_costs_nothing(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    with sample_server(tmp_path_factory.mktemp("cheap") / "data", 12, tiered_env("cascade", 0.0)) as srv:
+        with srv.client() as c:
+            first = c.post("/v1/answer", json={"question": VACATION}, timeout=300).json()
+            repeat = c.post("/v1/answer", json={"question": VACATION}, timeout=300).json()
+        metrics = httpx.get(f"{srv.url}/metrics").text  # noqa: SIM117
+    usage = first["usage"]
+    assert first["extractive"] is False and usage["tier"] == "small" and usage["escalations"] == []
+    assert set(usage["by_tier"]) == {"small"} and usage["cost"] > 0
+    assert repeat["usage"]["cache_hit"] is True and repeat["usage"]["cost"] == 0
+    assert repeat["usage"]["prompt_tokens"] == 0 and repeat["answer"] == first["answer"]
+    assert 'kb_cost_total{tier="small"}' in metrics and 'kb_cost_total{tier="big"}' not in metrics
+    assert 'kb_llm_tokens_total{tier="small",type="prompt"}' in metrics

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import re
 
+from app.load import LoadGovernor
 from app.metrics import AnswerMetrics
+from app.services import Answer
+from retrieval.types import Usage
 from tests.conftest import REPO
 
 
@@ -24,8 +27,11 @@ def test_every_metric_the_dashboard_queries_is_exported() -> None:
     metrics = AnswerMetrics(lambda: {"up": 0, "down": 0})
     metrics.observe_request("/v1/answer", "POST", 200, 0.1)
     metrics.stages.labels("retrieve").observe(0.01)
-    metrics.answers.labels("generated").inc()
-    metrics.tokens.labels("prompt", "llm").inc()
+    usage = Usage(tier="llm", route="default", escalations=["small:abstained"], stages_ms={"cache": 1.0})
+    usage.charge("llm", 100, 20, 0.01)
+    metrics.observe(Answer("text", [], [], extractive=False, usage=usage))
+    metrics.watch_load(LoadGovernor())
+    metrics.degradation_changed(0, 1, "inflight=9")
     metrics.count_error("not_found")
     exported = {s.name for family in metrics.registry.collect() for s in family.samples}
     assert queried and queried <= exported, queried - exported
