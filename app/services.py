@@ -336,10 +336,11 @@ class AnswerService:
         route = self.router.route(signals(question, ev.confidence, ev.calibrated, ev.agreement, turns), level)
         ev.usage.route = route.reason
         log.info("answer.route tier=%s reason=%s level=%d", self.tiers[route.tier].name, route.reason, level)
-        final: Answer | None = None
+        keep = cache if cache is not None and level == 0 else None
         if not self.tiers[route.tier].generates:
             final = await self._quoted(query, qvec, ev, recompress=generate)
             yield final.text
+            self._keep(keep, qvec, query, mode, ev.hits, final)
             yield final
         else:
             async with aclosing(
@@ -347,13 +348,30 @@ class AnswerService:
             ) as items:
                 async for item in items:
                     if isinstance(item, Answer):
-                        final = item
+                        self._keep(keep, qvec, query, mode, ev.hits, item)
                     yield item
-        if final is not None and cache is not None and level == 0 and _cacheable(final):
+
+    def _keep(
+        self,
+        cache: SemanticCache | None,
+        qvec: list[float],
+        query: str,
+        mode: SearchMode,
+        hits: list[Hit],
+        answer: Answer,
+    ) -> None:
+        """Write a cacheable answer to the cache in the background: the caller gets it without waiting, and a
+        caller that stops reading at the answer (the CLI, evals) does not cancel the write."""
+        if cache is None or not _cacheable(answer):
+            return
+
+        def put() -> None:
             try:
-                await to_thread.run_sync(cache.put, qvec, query, mode.value, ev.hits, _to_cache(final))
-            except Exception as exc:  # the engines raise plain runtime errors; the answer was already sent
+                cache.put(qvec, query, mode.value, hits, _to_cache(answer))
+            except Exception as exc:  # the engines raise plain runtime errors; the answer is unaffected
                 log.warning("cache.put_failed error=%s", exc)
+
+        asyncio.get_running_loop().run_in_executor(None, put)
 
     async def _cascade(
         self,
