@@ -165,6 +165,18 @@ def test_an_employee_signs_in_asks_reads_the_cited_passage_and_rates_the_answer(
     expect(passage).to_be_hidden()
 
 
+def test_a_question_someone_asked_before_is_answered_from_the_cache(page: Page, server: Server) -> None:
+    with server.client() as c:  # someone else asked it first
+        assert c.post("/v1/answer", json={"question": VACATION}).status_code == 200
+    sign_in(page, server, make_key(server, "fay"), "fay")
+    ask(page, VACATION)
+    answer = page.locator(".message.assistant").last
+    expect(answer.locator(".answer-text")).to_contain_text("25 vacation days")
+    label = answer.locator(".answer-label")
+    expect(label).to_have_text("quoted from the documents · answered before, from the cache")
+    expect(label).to_have_attribute("title", re.compile(r"tier extractive \(cache\), 0 tokens"))
+
+
 def test_a_follow_up_stays_in_the_conversation_and_survives_a_reload(page: Page, server: Server) -> None:
     key = make_key(server, "frank")
     sign_in(page, server, key, "frank")
