@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     tiers: str = ""  # JSON list of model tiers (app/tiers.py); empty: extractive, plus KB_LLM_* when set
     routing: str = "fixed"  # fixed (the top tier) | route (the cheapest tier the request needs) | cascade
     route_min_grounded: float = RouteSettings.min_grounded
+    route_quote_confidence: float = RouteSettings.quote_confidence  # route: quote a short lookup this sure...
+    route_quote_similarity: float = RouteSettings.quote_similarity  # ...(cosine, when no reranker runs)
+    route_hard_confidence: float = RouteSettings.hard_confidence  # route: the top tier under this confidence...
+    route_hard_similarity: float = RouteSettings.hard_similarity  # ...(cosine, when no reranker runs)
     cache_enabled: bool = True  # semantic cache of answers (a Qdrant collection beside the index)
     cache_threshold: float = CacheSettings.threshold
     cache_ttl_seconds: float = CacheSettings.ttl_seconds
@@ -185,7 +189,14 @@ class Settings(BaseSettings):
             policy = Policy(self.routing)
         except ValueError:
             raise ValueError(f"KB_ROUTING must be one of {[p.value for p in Policy]}, not {self.routing!r}") from None
-        return RouteSettings(policy=policy, min_grounded=self.route_min_grounded)
+        return RouteSettings(
+            policy=policy,
+            min_grounded=self.route_min_grounded,
+            quote_confidence=self.route_quote_confidence,
+            quote_similarity=self.route_quote_similarity,
+            hard_confidence=self.route_hard_confidence,
+            hard_similarity=self.route_hard_similarity,
+        )
 
     @property
     def cache(self) -> CacheSettings:

@@ -178,6 +178,8 @@ def tiered_env(routing: str, min_grounded: float) -> dict[str, str]:
         "KB_TIERS": json.dumps([tier("big", 1.0, 4.0), tier("small", 0.1, 0.4)]),
         "KB_ROUTING": routing,
         "KB_ROUTE_MIN_GROUNDED": str(min_grounded),
+        "KB_ROUTE_QUOTE_SIMILARITY": "1.01",  # never quote first, never jump to the top: start at the small tier
+        "KB_ROUTE_HARD_SIMILARITY": "0",
         "HF_HUB_OFFLINE": "1",
     }
 
