@@ -287,7 +287,10 @@ async def stream_one(
     except LLMUnavailable as exc:
         return RequestResult(0.0, time.perf_counter() - started, 0, error=str(exc))
     gen = done[0]
-    total, ttft = gen.total_ms / 1000, (gen.first_token_ms or gen.total_ms) / 1000
+    total = gen.total_ms / 1000
+    if gen.first_token_ms is None:  # e.g. llama.cpp's server cutting a request off when the next one comes
+        return RequestResult(0.0, total, 0, error="no text: the server ended the stream before the first token")
+    ttft = gen.first_token_ms / 1000
     if gen.completion_tokens:  # the server's usage block
         return RequestResult(ttft, total, gen.completion_tokens, gen.prompt_tokens)
     # servers that send no usage in streams (llama.cpp): the tokenizer's count, else one token per chunk

@@ -8,6 +8,8 @@
 #   llamacpp  llama-cpp-python[server] 0.3.36 in .venv-llamacpp, serving the GGUF directly (~6x faster here)
 # Both serve the model as "smollm2-135m" on 127.0.0.1:${KB_E2E_LLM_PORT:-8011}; the tokenizer for token
 # counting is the converted HF folder in either case. Everything is idempotent: setup skips steps whose stamp exists.
+# start/stop/status act on the server of this backend and port only (pid and log: .cache/llm-server-BACKEND-PORT.*),
+# so both can run at once: KB_E2E_BACKEND=llamacpp KB_E2E_LLM_PORT=8012 bash deploy/local/llm_server.sh start
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -21,8 +23,9 @@ START_TIMEOUT="${KB_E2E_START_TIMEOUT:-300}"
 CACHE="$ROOT/.cache"
 MODEL_DIR="$CACHE/models/SmolLM2-135M-Instruct"
 WHEELS="$CACHE/wheels"
-LOG="$CACHE/llm-server.log"
-PIDFILE="$CACHE/llm-server.pid"
+# Per backend and port, so that a vLLM and a llama.cpp server can run side by side (KB_E2E_LLM_PORT differs).
+LOG="$CACHE/llm-server-$BACKEND-$PORT.log"
+PIDFILE="$CACHE/llm-server-$BACKEND-$PORT.pid"
 
 TORCH_VERSION=2.13.0
 VLLM_VERSION=0.32.0
@@ -72,8 +75,12 @@ install_vllm() {
 install_llamacpp() {
   mkdir -p "$WHEELS"
   if ! ls "$WHEELS"/llama_cpp_python-"$LLAMACPP_VERSION"-*.whl >/dev/null 2>&1; then
-    log "building llama-cpp-python $LLAMACPP_VERSION from source (about 11 min on 2 cores)"
-    nice -n 10 "$PY" -m pip wheel -q --no-deps -w "$WHEELS" "llama-cpp-python==$LLAMACPP_VERSION"
+    log "building llama-cpp-python $LLAMACPP_VERSION from source (about 7-11 min on 2 cores)"
+    # Not -march=native: on a VM whose CPU advertises AMX the native build's AMX kernels die at the first
+    # completion (general protection fault on ldtilecfg in libggml-cpu.so). AVX2/FMA/F16C runs on any x86-64-v3;
+    # KB_E2E_LLAMACPP_CMAKE_ARGS replaces these flags (e.g. -DGGML_NATIVE=ON where AMX works or is absent).
+    CMAKE_ARGS="${KB_E2E_LLAMACPP_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}" \
+      nice -n 10 "$PY" -m pip wheel -q --no-deps --no-cache-dir -w "$WHEELS" "llama-cpp-python==$LLAMACPP_VERSION"
   fi
   pipi --find-links "$WHEELS" "llama-cpp-python[server]==$LLAMACPP_VERSION"
   "$PY" -c 'import llama_cpp; print("llama_cpp", llama_cpp.__version__)'
@@ -163,11 +170,13 @@ cmd_start() {
   else
     # chatml: plain ChatML, without the default system prompt SmolLM2's own template adds when a request has
     # none; KB_E2E_LLAMACPP_CHAT_FORMAT= (empty) uses the GGUF's template, which renders exactly what vLLM does.
+    # --interrupt_requests False: concurrent requests wait their turn; by default a new request ends the stream
+    # in flight early, without an error (seen with `python -m evals serving --concurrency 4`).
     local fmt=()
     if [ -n "${KB_E2E_LLAMACPP_CHAT_FORMAT-chatml}" ]; then fmt=(--chat_format "${KB_E2E_LLAMACPP_CHAT_FORMAT-chatml}"); fi
     HF_HUB_OFFLINE=1 setsid "$PY" -m llama_cpp.server \
         --model "$(gguf_path)" --model_alias "$MODEL_NAME" \
-        --host "$HOST" --port "$PORT" --n_ctx 2048 "${fmt[@]}" \
+        --host "$HOST" --port "$PORT" --n_ctx 2048 --interrupt_requests False "${fmt[@]}" \
         >>"$LOG" 2>&1 </dev/null &
   fi
   local pid=$!
