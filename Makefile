@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(PKGS) tests
 
 typecheck: $(STAMP)
-	$(BIN)/mypy app ingestion retrieval agents
+	$(BIN)/mypy app ingestion retrieval agents evals
 
 test: $(STAMP) services lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -25,8 +25,7 @@ from app.db import init_db
 from evals.beir import load_beir
 from ingestion import catalog
 from ingestion.pipeline import IngestPipeline
-from retrieval.embedder import Embedder, make_embedder
-from retrieval.embedder_onnx import OnnxEmbedder
+from retrieval.embedder import Embedder, TextEmbedder, make_embedder
 from retrieval.settings import EmbedderSettings, IndexSettings
 from retrieval.versions import EdgeVersions, LiveStore
 
@@ -37,7 +36,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 class _RecordingEmbedder:
     """Forwards everything to the embedder; remembers each embed_documents call and the seconds it took."""
 
-    def __init__(self, inner: Embedder | OnnxEmbedder) -> None:
+    def __init__(self, inner: TextEmbedder) -> None:
         self.inner = inner
         self.calls: list[list[str]] = []
         self.seconds = 0.0
