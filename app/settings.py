@@ -12,7 +12,7 @@ from app.llm import LLMSettings
 from app.load import LoadSettings
 from app.routing import Policy, RouteSettings
 from app.services import AnswerSettings
-from app.tiers import EXTRACTIVE, TierSettings, parse_tiers
+from app.tiers import EXTRACTIVE, TierSettings, parse_tiers, tier_from_llm
 from ingestion.celery_app import BrokerSettings
 from retrieval.adapt import AdaptSettings
 from retrieval.cache import CacheSettings
@@ -165,22 +165,8 @@ class Settings(BaseSettings):
         if self.tiers.strip():
             return parse_tiers(self.tiers)
         tiers = [TierSettings(name=EXTRACTIVE, kind="extractive")]
-        llm = self.llm
-        if llm.enabled:
-            tiers.append(
-                TierSettings(
-                    name="llm",
-                    base_url=llm.base_url,
-                    model=llm.model,
-                    api_key=llm.api_key,
-                    tokenizer=llm.tokenizer,
-                    context_window=self.llm_context_window,
-                    max_tokens=self.llm_max_tokens,
-                    timeout_seconds=llm.timeout_s,
-                    max_retries=llm.max_retries,
-                    frequency_penalty=llm.frequency_penalty,
-                )
-            )
+        if self.llm.enabled:
+            tiers.append(tier_from_llm(self.llm, self.llm_context_window, self.llm_max_tokens))
         return tiers
 
     @property

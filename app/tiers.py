@@ -46,6 +46,22 @@ class TierSettings(BaseModel):
         return self
 
 
+def tier_from_llm(llm: LLMSettings, context_window: int = 2048, max_tokens: int = 256) -> TierSettings:
+    """The one model KB_LLM_* (or an eval's --llm flags) names, as a tier called "llm"."""
+    return TierSettings(
+        name="llm",
+        base_url=llm.base_url,
+        model=llm.model,
+        api_key=llm.api_key,
+        tokenizer=llm.tokenizer,
+        context_window=context_window,
+        max_tokens=max_tokens,
+        timeout_seconds=llm.timeout_s,
+        max_retries=llm.max_retries,
+        frequency_penalty=llm.frequency_penalty,
+    )
+
+
 def parse_tiers(raw: str) -> list[TierSettings]:
     """KB_TIERS: a JSON list of tiers. Raises ValueError saying which tier and field is wrong."""
     try:

@@ -24,7 +24,7 @@ from rouge_score import rouge_scorer
 from app.llm import LLMSettings
 from app.routing import Policy, RouteSettings
 from app.services import Answer, AnswerService, AnswerSettings
-from app.tiers import EXTRACTIVE, TierSettings, build_tiers
+from app.tiers import EXTRACTIVE, TierSettings, build_tiers, tier_from_llm
 from evals.beir import BeirDataset, reference_answers
 from evals.index import build_index
 from evals.retrieval_bench import EVAL_PRINCIPAL
@@ -130,16 +130,7 @@ def tiers_for(llm: LLMSettings | None) -> list[TierSettings]:
     """The extractive tier, plus the one model `llm` names."""
     tiers = [TierSettings(name=EXTRACTIVE, kind="extractive")]
     if llm is not None and llm.enabled:
-        tiers.append(
-            TierSettings(
-                name="llm",
-                base_url=llm.base_url,
-                model=llm.model,
-                tokenizer=llm.tokenizer,
-                timeout_seconds=llm.timeout_s,
-                frequency_penalty=llm.frequency_penalty,
-            )
-        )
+        tiers.append(tier_from_llm(llm))
     return tiers
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Any, Protocol
 
 from retrieval.store import StoredPoint, StoreUnavailable
+from retrieval.store_edge import ShardOwner
 
 log = logging.getLogger(__name__)
 _KEYWORDS = ("mode", "kind")
@@ -43,13 +43,12 @@ class CacheTable(Protocol):
     def close(self) -> None: ...
 
 
-class EdgeCacheTable:
+class EdgeCacheTable(ShardOwner):
     """A Qdrant Edge shard of its own (the process that owns the index owns this one too)."""
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
-        self._shard: Any = None
-        self._lock = threading.Lock()
 
     def ensure(self, dim: int) -> None:
         import qdrant_edge as qe
@@ -135,13 +134,6 @@ class EdgeCacheTable:
         import qdrant_edge as qe
 
         self.shard.update(qe.UpdateOperation.delete_points_by_filter(qe.Filter(must=[])))
-
-    def close(self) -> None:
-        with self._lock:
-            if self._shard is not None:
-                self._shard.flush()
-                self._shard.close()
-                self._shard = None
 
 
 class ServerCacheTable:

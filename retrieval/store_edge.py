@@ -18,14 +18,28 @@ log = logging.getLogger(__name__)
 _KEYWORD_FIELDS = ("acl", "doc_id", "source", "content_hash")
 
 
-class EdgeStore(ScrollingStore):
+class ShardOwner:
+    """Holds one open EdgeShard behind a lock; closing flushes it first."""
+
+    def __init__(self) -> None:
+        self._shard: qe.EdgeShard | None = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._shard is not None:
+                self._shard.flush()
+                self._shard.close()
+                self._shard = None
+
+
+class EdgeStore(ScrollingStore, ShardOwner):
     """Owns one EdgeShard directory; only one process may open it (the shard holds a WAL lock)."""
 
     def __init__(self, settings: IndexSettings, path: Path | None = None) -> None:
+        ShardOwner.__init__(self)
         self.settings = settings
         self.path = path or settings.shard_dir
-        self._shard: qe.EdgeShard | None = None
-        self._lock = threading.Lock()
 
     def _exists(self) -> bool:
         return self.path.is_dir() and any(self.path.iterdir())
@@ -164,10 +178,3 @@ class EdgeStore(ScrollingStore):
             raise
         except Exception as exc:
             raise StoreUnavailable(f"Qdrant Edge shard is not answering: {exc}") from exc
-
-    def close(self) -> None:
-        with self._lock:
-            if self._shard is not None:
-                self._shard.flush()
-                self._shard.close()
-                self._shard = None
