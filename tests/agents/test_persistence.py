@@ -1,0 +1,43 @@
+"""Run state lives in SQL: another process (a new engine on the same database) sees and carries on a run."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import sessionmaker
+
+from agents.errors import RunNotFound
+from agents.limits import RunLimits
+from agents.registry import Registry
+from agents.runner import Runner, Step
+from tests.agents.conftest import ALICE, APPROVER, World
+from tests.agents.ledger import DeleteEntries, PutEntry
+
+
+def test_a_paused_run_is_approved_from_another_process(any_world: World) -> None:
+    any_world.seed(x="1")
+    limits = RunLimits(max_records=5, allowed_targets={"table": ["ledger"]})
+    steps = [Step("put_entry", {"key": "a", "value": "1"}), Step("delete_entries", {"keys": ["x"]})]
+    run = any_world.runner.submit(steps, ALICE, limits)
+    assert run.status == "awaiting_approval"
+
+    # a second process: its own engine, sessions and registry over the same database
+    url = any_world.sessions.kw["bind"].url.render_as_string(hide_password=False)
+    other_sessions = sessionmaker(create_engine(url), expire_on_commit=False)
+    other = Runner(Registry([PutEntry(other_sessions), DeleteEntries(other_sessions)]), other_sessions)
+    seen = other.get_run(run.id)
+    assert seen.principal == ALICE and seen.limits == limits and seen.next_step == 1
+    assert [s.status for s in seen.steps] == ["applied", "awaiting_approval"]
+    assert seen.steps[0].undo == {"key": "a", "before": None}
+
+    done = other.approve(run.id, APPROVER)
+
+    assert done.status == "succeeded" and any_world.ledger() == {"a": "1"}
+    assert any_world.runner.get_run(run.id).status == "succeeded"
+    assert other.audit.verify_chain() is None
+    other_sessions.kw["bind"].dispose()
+
+
+def test_an_unknown_run_id_is_a_clear_error(world: World) -> None:
+    with pytest.raises(RunNotFound):
+        world.runner.get_run("nope")
