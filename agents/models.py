@@ -28,7 +28,8 @@ class AgentRun(Base):
 
     __tablename__ = "agent_runs"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    principal: Mapped[dict[str, Any]] = mapped_column(JSON)  # {name, groups, scopes}
+    principal: Mapped[dict[str, Any]] = mapped_column(JSON)  # {name, groups, scopes, key_id}
+    principal_name: Mapped[str] = mapped_column(String(128), index=True)
     limits: Mapped[dict[str, Any]] = mapped_column(JSON)
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(24), index=True)

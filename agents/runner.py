@@ -130,6 +130,9 @@ class Runner:
     def get_run(self, run_id: str) -> RunView:
         return self.store.get(run_id)
 
+    def list_runs(self, principal: str | None = None, limit: int = 50) -> list[RunView]:
+        return self.store.list(principal, limit)
+
     def approve(self, run_id: str, approver: Principal) -> RunView:
         """Approve the paused destructive step and carry on with the run."""
         run = self._paused(run_id, approver, cancelling=False)

@@ -77,6 +77,7 @@ class RunStore:
                 AgentRun(
                     id=run_id,
                     principal=principal_json(principal),
+                    principal_name=principal.name,
                     limits=limits.model_dump(mode="json"),
                     dry_run=dry_run,
                     status="planning",
@@ -122,6 +123,15 @@ class RunStore:
                     for s in steps
                 ],
             )
+
+    def list(self, principal: str | None = None, limit: int = 50) -> list[RunView]:
+        """The newest runs first, optionally only those one principal started."""
+        query = select(AgentRun.id).order_by(AgentRun.created_at.desc()).limit(limit)
+        if principal is not None:
+            query = query.where(AgentRun.principal_name == principal)
+        with self.sessions() as db:
+            ids = list(db.scalars(query))
+        return [self.get(run_id) for run_id in ids]
 
     def set_run(self, run_id: str, **values: Any) -> None:
         with self.sessions() as db:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from sqlalchemy import select, text
 
@@ -73,3 +75,19 @@ def test_the_orm_refuses_to_change_or_delete_an_event(world: World) -> None:
 def test_unknown_events_are_refused(world: World) -> None:
     with pytest.raises(ValueError, match="unknown audit event"):
         world.runner.audit.append("r1", "deleted_everything", "alice")
+
+
+def test_concurrent_writers_never_fork_the_chain(any_world: World) -> None:
+    audit = any_world.runner.audit
+
+    def write(name: str) -> None:
+        for i in range(15):
+            audit.append(f"run-{name}", "planned", name, step=i)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in ("a", "b", "c")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert len(audit.events()) == 45 and audit.verify_chain() is None

@@ -41,3 +41,12 @@ def test_a_paused_run_is_approved_from_another_process(any_world: World) -> None
 def test_an_unknown_run_id_is_a_clear_error(world: World) -> None:
     with pytest.raises(RunNotFound):
         world.runner.get_run("nope")
+
+
+def test_runs_are_listed_newest_first_per_principal(world: World) -> None:
+    first = world.runner.submit([Step("put_entry", {"key": "a", "value": "1"})], ALICE)
+    second = world.runner.submit([Step("put_entry", {"key": "b", "value": "2"})], ALICE, dry_run=True)
+    world.runner.submit([Step("put_entry", {"key": "c", "value": "3"})], APPROVER)  # refused: no scope
+
+    assert [r.id for r in world.runner.list_runs("alice")] == [second.id, first.id]
+    assert [r.status for r in world.runner.list_runs()] == ["refused", "dry_run", "succeeded"]

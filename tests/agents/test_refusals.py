@@ -88,3 +88,9 @@ def test_an_empty_run_is_refused(world: World) -> None:
 def test_admin_holds_every_scope(world: World) -> None:
     run = world.runner.submit([PUT_A], Principal("root", (), ("admin",)))
     assert run.status == "succeeded" and world.ledger() == {"a": "1"}
+
+
+def test_a_dry_run_that_breaks_a_rule_is_refused_too(world: World) -> None:
+    run = world.runner.submit([PUT_A, PUT_B], ALICE, RunLimits(max_writes=1), dry_run=True)
+    assert (run.status, run.rule, run.failed_step) == ("refused", "max_writes", 1)
+    assert all(s.plan is None for s in run.steps)
