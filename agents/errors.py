@@ -41,3 +41,13 @@ class ApprovalDenied(AgentError):
     """The approver lacks the `approve` scope (or may not approve their own run)."""
 
     code = "approval_denied"
+
+
+class BadToolCall(AgentError):
+    """A model's tool call could not be read as a step (arguments not a JSON object)."""
+
+    code = "bad_tool_call"
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"tool call {index}: {reason}; ask the model again or submit the steps explicitly")
+        self.index = index

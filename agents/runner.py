@@ -232,6 +232,7 @@ class Runner:
                 "denied",
                 approver.name,
                 step=run.next_step,
+                tool=run.steps[run.next_step].tool,
                 result={"rule": "approve_scope", "reason": "approver may not decide this run"},
             )
             raise ApprovalDenied(
