@@ -41,6 +41,10 @@ class Registry:
     def register(self, tool: Tool[Any]) -> None:
         if not _NAME.match(tool.name):
             raise ValueError(f"tool name {tool.name!r} must match {_NAME.pattern} (OpenAI function names)")
+        if tool.effect != "read" and type(tool).compensate is Tool.compensate:
+            raise ValueError(f"tool {tool.name!r} is a {tool.effect} tool: it must implement compensate()")
+        if not tool.scope:
+            raise ValueError(f"tool {tool.name!r} must declare the scope it requires")
         if tool.name in self._tools:
             raise DuplicateTool(f"a tool named {tool.name!r} is already registered; pick another name")
         self._tools[tool.name] = tool

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
 from agents.errors import DuplicateTool, UnknownTool
 from agents.registry import Registry
+from agents.tools import Applied, Plan, Tool, ToolContext
 from tests.agents.conftest import READER, World
 from tests.agents.ledger import PutEntry
 
@@ -44,3 +46,34 @@ def test_unknown_and_duplicate_names_are_clear_errors(sessions: sessionmaker[Ses
         registry.get("put")
     with pytest.raises(DuplicateTool):
         registry.register(PutEntry(sessions))
+
+
+class NoUndoInput(BaseModel):
+    key: str
+
+
+class NoUndo(Tool[NoUndoInput]):
+    name = "no_undo"
+    description = "A write that forgot its compensate."
+    input_model = NoUndoInput
+    scope = "ledger:write"
+    effect = "write"
+
+    def plan(self, input: NoUndoInput, ctx: ToolContext) -> Plan:
+        return Plan("write")
+
+    def apply(self, input: NoUndoInput, ctx: ToolContext) -> Applied:
+        return Applied({}, {})
+
+
+def test_a_tool_that_changes_things_must_say_how_to_undo_them() -> None:
+    with pytest.raises(ValueError, match="must implement compensate"):
+        Registry([NoUndo()])
+
+
+def test_a_tool_name_must_be_a_valid_function_name(sessions: sessionmaker[Session]) -> None:
+    class Spaced(PutEntry):
+        name = "put entry"
+
+    with pytest.raises(ValueError, match="OpenAI function names"):
+        Registry([Spaced(sessions)])
