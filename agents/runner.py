@@ -160,6 +160,15 @@ class Runner:
         why = f"step {step.position} ({step.tool}) rejected by {approver.name}: {reason}"
         return self._rollback(run_id, step.position, "rejected", why)
 
+    def recover(self, run_id: str) -> RunView:
+        """Roll back a run a dead process left `running` or `rolling_back` (call it only for such runs).
+        A step applied but not yet recorded when the process died cannot be known here."""
+        run = self.store.get(run_id)
+        if run.status not in {"running", "rolling_back"}:
+            raise InvalidRunState(f"run {run_id} is {run.status!r}; only an interrupted run can be recovered")
+        why = f"run interrupted at step {run.next_step}; rolled back on recovery"
+        return self._rollback(run_id, run.next_step, "interrupted", why)
+
     def replay(self, run_id: str) -> list[PlanDiff]:
         """Re-plan the stored steps in dry-run; return the steps whose plan differs from the stored one."""
         run = self.store.get(run_id)

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
-from agents.errors import RunNotFound
+from agents.errors import InvalidRunState, RunNotFound
 from agents.limits import RunLimits
 from agents.registry import Registry
 from agents.runner import Runner, Step
@@ -50,3 +50,17 @@ def test_runs_are_listed_newest_first_per_principal(world: World) -> None:
 
     assert [r.id for r in world.runner.list_runs("alice")] == [second.id, first.id]
     assert [r.status for r in world.runner.list_runs()] == ["refused", "dry_run", "succeeded"]
+
+
+def test_a_run_left_running_by_a_dead_process_is_rolled_back_on_recovery(world: World) -> None:
+    world.seed(x="1")
+    steps = [Step("put_entry", {"key": "a", "value": "1"}), Step("delete_entries", {"keys": ["x"]})]
+    run = world.runner.submit(steps, ALICE)
+    with pytest.raises(InvalidRunState):
+        world.runner.recover(run.id)  # paused, not interrupted
+    world.runner.store.set_run(run.id, status="running")  # as if the approving process died mid-step
+
+    recovered = world.runner.recover(run.id)
+
+    assert (recovered.status, recovered.rule, recovered.failed_step) == ("rolled_back", "interrupted", 1)
+    assert world.ledger() == {"x": "1"}
