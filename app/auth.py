@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import ApiKey
-from ingestion.catalog import validate_acl
+from ingestion.catalog import CatalogError, validate_acl
 from retrieval.types import Principal
 
 KEY_PREFIX = "kb_"
@@ -31,9 +32,23 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(db: Session, name: str, groups: list[str], admin: bool = False) -> NewKey:
+SCOPE = re.compile(r"^[a-z][a-z0-9_:-]{0,31}$")
+
+
+def validate_scopes(scopes: list[str]) -> list[str]:
+    """Scope names as a key stores them: lowercase words (`read`, `notes`, `approve`, `webhook`, `admin`)."""
+    bad = [s for s in scopes if not SCOPE.match(s)]
+    if bad:
+        raise CatalogError("scopes", f"invalid scope names {bad}: use lowercase letters, digits, '_', ':' or '-'")
+    return list(dict.fromkeys(scopes))
+
+
+def create_key(
+    db: Session, name: str, groups: list[str], admin: bool = False, scopes: list[str] | None = None
+) -> NewKey:
+    """A new key with `read`, any extra `scopes` (e.g. notes, approve, webhook) and, with `admin`, every scope."""
     groups = validate_acl(groups) if groups else []
-    scopes = ["read", "admin"] if admin else ["read"]
+    scopes = validate_scopes(["read", *(scopes or []), *(["admin"] if admin else [])])
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(id=uuid.uuid4().hex, name=name, key_hash=_hash(key), groups=groups, scopes=scopes)
     db.add(row)

@@ -283,7 +283,10 @@ def answer(
 def keys_create(
     name: str,
     groups: Annotated[str, typer.Option(help="Comma-separated groups the key may read.")] = "",
-    admin: Annotated[bool, typer.Option(help="Grant the admin scope.")] = False,
+    admin: Annotated[bool, typer.Option(help="Grant the admin scope (every scope).")] = False,
+    scopes: Annotated[
+        str, typer.Option(help="Comma-separated extra scopes, e.g. notes,approve,webhook (read is always granted).")
+    ] = "",
 ) -> None:
     """Create an API key; it is printed once and stored only as a hash."""
     from app.auth import create_key
@@ -295,7 +298,7 @@ def keys_create(
     sessions = init_db(settings.sql_url)
     try:
         with sessions() as db:
-            new = create_key(db, name, _groups(groups) or [], admin=admin)
+            new = create_key(db, name, _groups(groups) or [], admin=admin, scopes=_groups(scopes) or [])
     except CatalogError as exc:
         _fail(str(exc))
     typer.echo(json.dumps({"id": new.id, "name": new.name, "key": new.key, "groups": new.groups, "scopes": new.scopes}))

@@ -8,6 +8,7 @@ from sqlalchemy import Column, Table, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from agents.models import Base as AgentsBase
 from app.models import Base as AppBase
 from ingestion.models import Base as IngestionBase
 
@@ -44,7 +45,7 @@ def init_db(url: str) -> sessionmaker[Session]:
     """Create missing tables, add new nullable columns, and refuse, with what to do, any other outdated table."""
     engine = make_engine(url)
     inspector = inspect(engine)
-    for metadata in (IngestionBase.metadata, AppBase.metadata):
+    for metadata in (IngestionBase.metadata, AppBase.metadata, AgentsBase.metadata):
         for table in metadata.sorted_tables:
             if not inspector.has_table(table.name):
                 continue
