@@ -9,6 +9,9 @@ from pathlib import Path
 
 from celery import Celery, Task
 
+from agents.registry import Registry
+from agents.runner import Runner
+from app.agent_tools import builtin_tools
 from app.chat import ChatService
 from app.conversations import ConversationStore
 from app.db import init_db
@@ -104,6 +107,17 @@ class Container:
             on_promoted=self._use_reranker,
         )
         self.celery: Celery = configure_celery(settings.broker)
+        self.tools = Registry(
+            builtin_tools(
+                self.sessions,
+                self.pipeline,
+                self.retriever,
+                self.enqueue,
+                notes_dir=settings.data_dir / "notes",
+                webhook_hosts=settings.agent_webhook_hosts.split(","),
+            )
+        )
+        self.runner = Runner(self.tools, self.sessions)
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
 

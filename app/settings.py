@@ -100,6 +100,7 @@ class Settings(BaseSettings):
     bm25_weight: float = FusionSettings.bm25_weight
     fusion_adaptive: bool = FusionSettings.adaptive
     prefetch: int = FusionSettings.dense_prefetch
+    agent_webhook_hosts: str = ""  # comma-separated hosts the webhook tool may call; empty: none
     log_level: str = "INFO"
     otel_exporter: str = ""  # OpenTelemetry traces: otlp (OTEL_EXPORTER_OTLP_ENDPOINT) | console | "" (off)
     sample_dir: Path = Field(default_factory=lambda: Path(__file__).resolve().parent.parent / "docs" / "sample-corpus")

@@ -1,0 +1,400 @@
+"""The built-in agent tools: they act on this service's own data (search, notes, document ACLs, re-index) and
+on an allow-listed webhook, each with a plan that changes nothing and an undo that restores what it changed."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session, sessionmaker
+
+from agents.tools import Applied, Plan, Target, Tool, ToolContext
+from ingestion import catalog
+from ingestion.models import Document, Source
+from ingestion.pipeline import IngestPipeline
+from retrieval.search import Retriever
+from retrieval.types import PUBLIC_GROUP, Principal, SearchMode
+
+log = logging.getLogger(__name__)
+
+NOTES_SOURCE = "notes"
+NOTE_NAME = r"^[a-z0-9][a-z0-9-]{0,63}$"
+
+
+class NoteError(RuntimeError):
+    """A note cannot be written or indexed; the message says what to do."""
+
+
+def _readable(acl: list[str], principal: Principal) -> bool:
+    return "admin" in principal.scopes or PUBLIC_GROUP in acl or bool(set(acl) & set(principal.groups))
+
+
+class NoteBook:
+    """Notes as Markdown files in the `notes` source, indexed at once through the ingestion pipeline.
+
+    Indexing runs `pipeline.run_job` in the calling thread: the same pipeline object the embedded Celery worker
+    uses, so its write lock keeps a note's re-index and a worker's job from writing the shard at once."""
+
+    def __init__(self, sessions: sessionmaker[Session], pipeline: IngestPipeline, folder: Path) -> None:
+        self.sessions = sessions
+        self.pipeline = pipeline
+        self.folder = folder
+        self._lock = threading.Lock()  # one note change (file + re-index) at a time
+
+    @staticmethod
+    def doc_id(name: str) -> str:
+        return f"{NOTES_SOURCE}:{name}.md"
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.md"
+
+    def read(self, name: str) -> str | None:
+        path = self.path(name)
+        return path.read_text(encoding="utf-8") if path.exists() else None
+
+    def acl(self, name: str) -> list[str] | None:
+        """The note's ACL as indexed (None when the note does not exist or is not indexed)."""
+        with self.sessions() as db:
+            row = db.get(Document, self.doc_id(name))
+            return list(row.acl) if row is not None else None
+
+    @staticmethod
+    def render(title: str, text: str, acl: list[str]) -> str:
+        title = " ".join(title.split())
+        return f"---\ntitle: {title}\nacl: [{', '.join(acl)}]\n---\n# {title}\n\n{text.strip()}\n"
+
+    def write(self, name: str, content: str | None) -> dict[str, object]:
+        """Write (or, with None, remove) a note's file and re-index the notes source before returning."""
+        with self._lock:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self.path(name)
+            if content is None:
+                path.unlink(missing_ok=True)
+            else:
+                tmp = path.with_suffix(".md.part")
+                tmp.write_text(content, encoding="utf-8")
+                tmp.replace(path)  # the indexer never sees half a note
+            return self._reindex()
+
+    def _reindex(self) -> dict[str, object]:
+        with self.sessions() as db:
+            if db.get(Source, NOTES_SOURCE) is None:
+                # Public source: each note narrows it to its author's groups in front matter.
+                catalog.create_source(db, NOTES_SOURCE, str(self.folder.resolve()), [PUBLIC_GROUP])
+            job_id = catalog.open_job(db, NOTES_SOURCE).id
+        done = self.pipeline.run_job(job_id)
+        if done.get("status") != "succeeded" or done.get("docs_failed"):
+            with self.sessions() as db:
+                failures = catalog.job_failures(db, job_id)
+            raise NoteError(f"re-indexing notes failed (job {job_id}): {done.get('error') or failures}")
+        return done
+
+
+class SearchInput(BaseModel):
+    query: str = Field(min_length=1, max_length=2000)
+    top_k: int = Field(default=5, ge=1, le=20)
+
+
+class SearchKb(Tool[SearchInput]):
+    """Hybrid search with the run's principal, so the ACL filter in the engine holds for agents too."""
+
+    name = "search_kb"
+    description = "Search the knowledge base; returns the top passages the caller may read."
+    input_model = SearchInput
+    scope = "read"
+    effect = "read"
+    idempotent = True
+
+    def __init__(self, retriever: Retriever) -> None:
+        self.retriever = retriever
+
+    def plan(self, input: SearchInput, ctx: ToolContext) -> Plan:
+        return Plan(f"search for {input.query!r}", {"top_k": input.top_k})
+
+    def apply(self, input: SearchInput, ctx: ToolContext) -> Applied:
+        hits = self.retriever.search(input.query, ctx.principal, SearchMode.HYBRID, input.top_k)
+        found = [
+            {"doc_id": h.chunk.doc_id, "title": h.chunk.title, "path": h.chunk.path, "text": h.chunk.text[:500]}
+            for h in hits
+        ]
+        # Retrieved text is data for the caller: nothing here turns it into a step.
+        return Applied({"hits": found}, {}, records=0)
+
+
+class CreateNoteInput(BaseModel):
+    name: str = Field(pattern=NOTE_NAME, description="the note's id: lowercase letters, digits and '-'")
+    title: str = Field(min_length=1, max_length=200)
+    text: str = Field(min_length=1, max_length=100_000)
+
+
+class _NoteTool:
+    def __init__(self, notes: NoteBook) -> None:
+        self.notes = notes
+
+    def _readable_note(self, name: str, principal: Principal) -> tuple[str, list[str]]:
+        text, acl = self.notes.read(name), self.notes.acl(name)
+        if text is None or acl is None or not _readable(acl, principal):
+            raise NoteError(f"no note {name!r} that {principal.name!r} may read; list notes with search_kb")
+        return text, acl
+
+
+class CreateNote(_NoteTool, Tool[CreateNoteInput]):
+    """A new note readable by the caller's groups (public when the caller has none); undo deletes it."""
+
+    name = "create_note"
+    description = "Create a knowledge note (Markdown), indexed at once and readable by the caller's groups."
+    input_model = CreateNoteInput
+    scope = "notes"
+    effect = "write"
+
+    def targets(self, input: CreateNoteInput) -> list[Target]:
+        return [Target("source", NOTES_SOURCE), Target("document", NoteBook.doc_id(input.name))]
+
+    def plan(self, input: CreateNoteInput, ctx: ToolContext) -> Plan:
+        if self.notes.read(input.name) is not None:
+            raise NoteError(f"note {input.name!r} already exists; use update_note")
+        acl = sorted(ctx.principal.groups) or [PUBLIC_GROUP]
+        return Plan(f"create note {input.name!r}", {"doc_id": NoteBook.doc_id(input.name), "acl": acl})
+
+    def apply(self, input: CreateNoteInput, ctx: ToolContext) -> Applied:
+        details = self.plan(input, ctx).details
+        self.notes.write(input.name, NoteBook.render(input.title, input.text, details["acl"]))
+        return Applied(details, {"name": input.name})
+
+    def compensate(self, undo: dict[str, Any], ctx: ToolContext) -> None:
+        self.notes.write(undo["name"], None)
+
+
+class UpdateNoteInput(BaseModel):
+    name: str = Field(pattern=NOTE_NAME)
+    title: str = Field(min_length=1, max_length=200)
+    text: str = Field(min_length=1, max_length=100_000)
+
+
+class UpdateNote(_NoteTool, Tool[UpdateNoteInput]):
+    """Replace a note's title and text (its ACL stays); undo restores the old file."""
+
+    name = "update_note"
+    description = "Replace the title and text of a knowledge note the caller may read."
+    input_model = UpdateNoteInput
+    scope = "notes"
+    effect = "write"
+    idempotent = True
+
+    def targets(self, input: UpdateNoteInput) -> list[Target]:
+        return [Target("source", NOTES_SOURCE), Target("document", NoteBook.doc_id(input.name))]
+
+    def plan(self, input: UpdateNoteInput, ctx: ToolContext) -> Plan:
+        before, acl = self._readable_note(input.name, ctx.principal)
+        return Plan(f"update note {input.name!r}", {"doc_id": NoteBook.doc_id(input.name), "acl": acl})
+
+    def apply(self, input: UpdateNoteInput, ctx: ToolContext) -> Applied:
+        before, acl = self._readable_note(input.name, ctx.principal)
+        self.notes.write(input.name, NoteBook.render(input.title, input.text, acl))
+        return Applied({"doc_id": NoteBook.doc_id(input.name)}, {"name": input.name, "before": before})
+
+    def compensate(self, undo: dict[str, Any], ctx: ToolContext) -> None:
+        self.notes.write(undo["name"], undo["before"])
+
+
+class DeleteNoteInput(BaseModel):
+    name: str = Field(pattern=NOTE_NAME)
+
+
+class DeleteNote(_NoteTool, Tool[DeleteNoteInput]):
+    """Delete a note (waits for approval); undo writes it back and re-indexes it."""
+
+    name = "delete_note"
+    description = "Delete a knowledge note the caller may read."
+    input_model = DeleteNoteInput
+    scope = "notes"
+    effect = "destructive"
+
+    def targets(self, input: DeleteNoteInput) -> list[Target]:
+        return [Target("source", NOTES_SOURCE), Target("document", NoteBook.doc_id(input.name))]
+
+    def plan(self, input: DeleteNoteInput, ctx: ToolContext) -> Plan:
+        text, acl = self._readable_note(input.name, ctx.principal)
+        return Plan(f"delete note {input.name!r}", {"doc_id": NoteBook.doc_id(input.name), "chars": len(text)})
+
+    def apply(self, input: DeleteNoteInput, ctx: ToolContext) -> Applied:
+        before, _acl = self._readable_note(input.name, ctx.principal)
+        self.notes.write(input.name, None)
+        return Applied({"deleted": NoteBook.doc_id(input.name)}, {"name": input.name, "before": before})
+
+    def compensate(self, undo: dict[str, Any], ctx: ToolContext) -> None:
+        self.notes.write(undo["name"], undo["before"])
+
+
+class DocumentAclInput(BaseModel):
+    doc_id: str = Field(min_length=1, max_length=512)
+    acl: list[str] = Field(min_length=1, description="groups that may read the document, or ['public']")
+
+
+class SetDocumentAcl(Tool[DocumentAclInput]):
+    """Change who may read an indexed document, in SQL and in every chunk's payload; undo restores it.
+    A later re-index of the document's source recomputes the ACL from the source and front matter."""
+
+    name = "set_document_acl"
+    description = "Set the ACL groups of an indexed document (admin)."
+    input_model = DocumentAclInput
+    scope = "admin"
+    effect = "write"
+    idempotent = True
+
+    def __init__(self, sessions: sessionmaker[Session], pipeline: IngestPipeline) -> None:
+        self.sessions = sessions
+        self.pipeline = pipeline
+
+    def targets(self, input: DocumentAclInput) -> list[Target]:
+        return [Target("document", input.doc_id)]
+
+    def _current(self, doc_id: str) -> list[str]:
+        with self.sessions() as db:
+            row = db.get(Document, doc_id)
+            if row is None or row.status != "indexed":
+                raise catalog.NotFound(f"no indexed document {doc_id!r}; search for its doc_id first")
+            return list(row.acl)
+
+    def _set(self, doc_id: str, acl: list[str]) -> None:
+        with self.sessions() as db:
+            row = db.get(Document, doc_id)
+            if row is None:
+                raise catalog.NotFound(f"document {doc_id!r} is gone")
+            self.pipeline.store.set_acl(doc_id, acl)
+            row.acl = acl
+            db.commit()
+
+    def plan(self, input: DocumentAclInput, ctx: ToolContext) -> Plan:
+        acl = catalog.validate_acl(input.acl)
+        return Plan(f"set the ACL of {input.doc_id} to {acl}", {"before": self._current(input.doc_id), "after": acl})
+
+    def apply(self, input: DocumentAclInput, ctx: ToolContext) -> Applied:
+        acl, before = catalog.validate_acl(input.acl), self._current(input.doc_id)
+        self._set(input.doc_id, acl)
+        return Applied({"doc_id": input.doc_id, "acl": acl}, {"doc_id": input.doc_id, "before": before})
+
+    def compensate(self, undo: dict[str, Any], ctx: ToolContext) -> None:
+        self._set(undo["doc_id"], list(undo["before"]))
+
+
+class ReindexInput(BaseModel):
+    source: str = Field(min_length=1, max_length=64)
+
+
+class ReindexSource(Tool[ReindexInput]):
+    """Queue an incremental re-index (what POST /v1/sources/{name}/reindex does)."""
+
+    name = "reindex_source"
+    description = "Queue an incremental re-index of a source (admin)."
+    input_model = ReindexInput
+    scope = "admin"
+    effect = "write"
+    idempotent = True
+
+    def __init__(self, sessions: sessionmaker[Session], enqueue: Callable[[str], None]) -> None:
+        self.sessions = sessions
+        self.enqueue = enqueue
+
+    def targets(self, input: ReindexInput) -> list[Target]:
+        return [Target("source", input.source)]
+
+    def plan(self, input: ReindexInput, ctx: ToolContext) -> Plan:
+        with self.sessions() as db:
+            source = catalog.get_source(db, input.source)
+            return Plan(f"re-index source {source.id!r}", {"kind": source.kind})
+
+    def apply(self, input: ReindexInput, ctx: ToolContext) -> Applied:
+        with self.sessions() as db:
+            job_id = catalog.open_job(db, input.source).id
+        self.enqueue(job_id)
+        return Applied({"job_id": job_id}, {"job_id": job_id, "source": input.source})
+
+    def compensate(self, undo: dict[str, Any], ctx: ToolContext) -> None:
+        # Nothing to restore: a re-index only makes the index match the source again, and running it (or not)
+        # changes no document. The job is left to finish.
+        log.info("agent.reindex_not_undone run=%s job=%s reason=idempotent", ctx.run_id, undo.get("job_id"))
+
+
+class WebhookInput(BaseModel):
+    url: str = Field(pattern=r"^https?://", max_length=2000)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    undo_url: str = Field(pattern=r"^https?://", max_length=2000, description="called with the response id on undo")
+
+
+def _host(url: str) -> str:
+    return (urlparse(url).hostname or "").lower()
+
+
+class Webhook(Tool[WebhookInput]):
+    """POST JSON to an allow-listed host; undo POSTs `{id, run_id}` (the first call's response id) to `undo_url`."""
+
+    name = "webhook"
+    description = "POST a JSON payload to an allow-listed URL; undone by a call to undo_url."
+    input_model = WebhookInput
+    scope = "webhook"
+    effect = "write"
+    open_world = True
+
+    def __init__(self, allowed_hosts: list[str], timeout_s: float = 10.0) -> None:
+        self.allowed_hosts = {h.strip().lower() for h in allowed_hosts if h.strip()}
+        self.timeout_s = timeout_s
+
+    def targets(self, input: WebhookInput) -> list[Target]:
+        return [Target("url_host", _host(input.url))]
+
+    def _check(self, input: WebhookInput) -> None:
+        for url in (input.url, input.undo_url):
+            if _host(url) not in self.allowed_hosts:
+                allowed = ", ".join(sorted(self.allowed_hosts)) or "(none: set KB_AGENT_WEBHOOK_HOSTS)"
+                raise PermissionError(f"host {_host(url)!r} is not in the webhook allow-list: {allowed}")
+
+    def plan(self, input: WebhookInput, ctx: ToolContext) -> Plan:
+        self._check(input)
+        return Plan(f"POST to {input.url}", {"url": input.url, "undo_url": input.undo_url})
+
+    def apply(self, input: WebhookInput, ctx: ToolContext) -> Applied:
+        self._check(input)
+        resp = httpx.post(input.url, json=input.payload, timeout=self.timeout_s, follow_redirects=False)
+        resp.raise_for_status()
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        sent_id = str(body.get("id", "")) if isinstance(body, dict) else ""
+        return Applied(
+            {"status": resp.status_code, "id": sent_id}, {"undo_url": input.undo_url, "id": sent_id, "url": input.url}
+        )
+
+    def compensate(self, undo: dict[str, Any], ctx: ToolContext) -> None:
+        if _host(undo["undo_url"]) not in self.allowed_hosts:
+            raise PermissionError(f"undo host {_host(undo['undo_url'])!r} left the allow-list; undo by hand")
+        resp = httpx.post(undo["undo_url"], json={"id": undo["id"], "run_id": ctx.run_id}, timeout=self.timeout_s)
+        resp.raise_for_status()
+
+
+def builtin_tools(
+    sessions: sessionmaker[Session],
+    pipeline: IngestPipeline,
+    retriever: Retriever,
+    enqueue: Callable[[str], None],
+    notes_dir: Path,
+    webhook_hosts: list[str],
+) -> list[Tool[Any]]:
+    """Every built-in tool, wired to this process's components."""
+    notes = NoteBook(sessions, pipeline, notes_dir)
+    return [
+        SearchKb(retriever),
+        CreateNote(notes),
+        UpdateNote(notes),
+        DeleteNote(notes),
+        SetDocumentAcl(sessions, pipeline),
+        ReindexSource(sessions, enqueue),
+        Webhook(webhook_hosts),
+    ]
