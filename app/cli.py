@@ -17,7 +17,9 @@ from retrieval.types import Principal, SearchMode
 
 cli = typer.Typer(help="kb: grounded answers over your documents.", no_args_is_help=True, add_completion=False)
 keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+runs_cli = typer.Typer(help="Agent runs.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
+cli.add_typer(runs_cli, name="runs")
 
 
 def _groups(value: str | None) -> list[str] | None:
@@ -302,6 +304,39 @@ def keys_create(
     except CatalogError as exc:
         _fail(str(exc))
     typer.echo(json.dumps({"id": new.id, "name": new.name, "key": new.key, "groups": new.groups, "scopes": new.scopes}))
+
+
+@runs_cli.command("replay")
+def runs_replay(run_id: str, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Plan a run's steps again in dry-run and print each step whose plan differs from the stored one."""
+    settings = Settings()
+    if server_running(settings):
+        try:
+            body = KbClient(settings).call("GET", f"/v1/runs/{run_id}/replay")
+        except ClientError as exc:
+            _fail(str(exc))
+        diffs = body["differences"]
+    else:
+        from dataclasses import asdict
+
+        from agents.errors import RunNotFound
+
+        container = _container(settings)
+        try:
+            diffs = [asdict(d) for d in container.runner.replay(run_id)]
+        except RunNotFound as exc:
+            _fail(str(exc))
+        finally:
+            container.close()
+    if as_json:
+        typer.echo(json.dumps({"run_id": run_id, "same": not diffs, "differences": diffs}, indent=2))
+        return
+    if not diffs:
+        typer.echo(f"run {run_id}: every step plans as it did")
+    for d in diffs:
+        typer.echo(f"step {d['position']} ({d['tool']}) plans differently:")
+        typer.echo(f"  then: {json.dumps(d['stored'], sort_keys=True)}")
+        typer.echo(f"  now:  {json.dumps(d['current'], sort_keys=True)}")
 
 
 def main() -> None:

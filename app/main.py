@@ -9,7 +9,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from app.api import errors, routes_admin, routes_chat, routes_health, routes_openai, routes_query, routes_web
+from app.api import (
+    errors,
+    routes_admin,
+    routes_agents,
+    routes_chat,
+    routes_health,
+    routes_openai,
+    routes_query,
+    routes_web,
+)
 from app.container import Container
 from app.observability import RequestContext
 from app.settings import Settings
@@ -59,6 +68,7 @@ def create_app(
     app.include_router(routes_health.router)
     app.include_router(routes_query.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_agents.router)
     app.include_router(routes_chat.router)
     app.include_router(routes_openai.router)
     app.include_router(routes_web.router)

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agents.errors import AgentError
 from app.container import BrokerUnavailable
 from app.quotas import QuotaExceeded
 from app.services import PromptTooLong
@@ -16,14 +17,23 @@ from ingestion.catalog import CatalogError, Conflict, NotFound
 from retrieval.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
+# Agent errors by code: whose fault, and what kind (a missing run, a run in the wrong state, a denied approval).
+AGENT_STATUS = {"run_not_found": 404, "invalid_run_state": 409, "approval_denied": 403}
 
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None, param: str | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+        extra: dict[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers, self.param = status, code, message, headers, param
+        self.extra = extra or {}
 
 
 def _type(status: int) -> str:
@@ -69,8 +79,13 @@ def _respond(
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        body = error_body(exc.code, exc.message, exc.status, param=exc.param)
+        body = error_body(exc.code, exc.message, exc.status, param=exc.param, **exc.extra)
         return _respond(request, body, exc.status, exc.headers)
+
+    @app.exception_handler(AgentError)
+    async def _agent(request: Request, exc: AgentError) -> JSONResponse:
+        status = AGENT_STATUS.get(exc.code, 400)
+        return _respond(request, error_body(exc.code, str(exc), status), status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
