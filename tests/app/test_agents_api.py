@@ -280,3 +280,16 @@ def test_an_admin_run_queues_a_reindex_that_the_worker_runs(server: Server) -> N
         unknown = run(admin, [{"tool": "reindex_source", "input": {"source": "nope"}}]).json()["error"]
         assert unknown["rule"] == "plan" and "does not exist" in unknown["message"]
         assert run(w, [{"tool": "reindex_source", "input": {"source": "handbook"}}]).json()["error"]["rule"] == "scope"
+
+
+def test_keys_get_scopes_by_name_and_bad_names_are_refused(server: Server) -> None:
+    made = kb(server, "keys", "create", "quinn", "--scopes", "notes, approve")
+    assert made.returncode == 0 and json.loads(made.stdout)["scopes"] == ["read", "notes", "approve"]
+    bad = kb(server, "keys", "create", "quinn2", "--scopes", "Delete Everything")
+    assert bad.returncode == 2 and "invalid scope names" in bad.stderr
+    with writer(server) as w, approver(server) as a, reader(server) as r:
+        assert run(r, [{"tool": "search_kb", "input": {"query": "vacation"}}]).json()["status"] == "succeeded"
+        assert run(w, [{"tool": "search_kb", "input": {"query": "expenses"}}]).json()["status"] == "succeeded"
+        mine = {r["principal"]["name"] for r in w.get("/v1/runs").json()["runs"]}
+        everyone = {r["principal"]["name"] for r in a.get("/v1/runs").json()["runs"]}
+    assert mine == {"wendy"} and {"wendy", "rita"} <= everyone
