@@ -8,7 +8,9 @@ import threading
 from pathlib import Path
 
 from celery import Celery, Task
+from sqlalchemy import select
 
+from agents.models import AgentRun
 from agents.registry import Registry
 from agents.runner import Runner
 from app.agent_tools import builtin_tools
@@ -239,6 +241,20 @@ class Container:
         log.info("sample.ingest job=%s dir=%s", job.id, self.settings.sample_dir)
         self.enqueue(job.id)
         return job.id
+
+    def recover_runs(self) -> list[str]:
+        """Roll back agent runs a dead process left mid-way. Only safe where this process is the only one that
+        runs tools (embedded index: `kb serve` owns the shard), since at start no run of its own is in flight."""
+        with self.sessions() as db:
+            stuck = list(db.scalars(select(AgentRun.id).where(AgentRun.status.in_(["running", "rolling_back"]))))
+        for run_id in stuck:
+            try:
+                run = self.runner.recover(run_id)
+            except Exception:  # one run that cannot be recovered must not keep the service from starting
+                log.exception("agent.run_recover_failed run=%s", run_id)
+                continue
+            log.warning("agent.run_recovered run=%s status=%s", run_id, run.status)
+        return stuck
 
     def stop_worker(self) -> None:
         if self._worker is None:

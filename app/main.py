@@ -43,6 +43,8 @@ def create_app(
         c = container or Container(settings)
         app.state.container = c
         c.warm_up()
+        if settings.index.backend == "embedded":
+            c.recover_runs()
         if settings.worker_enabled:
             c.start_worker()
         if ingest_sample:
