@@ -24,6 +24,34 @@ class RunLimits(BaseModel):
     allowed_targets: dict[str, list[str]] | None = None
     token_budget: int | None = Field(default=None, ge=0)
 
+    def within(self, ceiling: RunLimits) -> RunLimits:
+        """These limits, no looser than the operator's `ceiling`: a request can tighten limits, never widen them.
+
+        Counts take the smaller value; a target pattern is kept only where a ceiling pattern of its kind covers it.
+        """
+        budget = (
+            self.token_budget
+            if ceiling.token_budget is None
+            else min(self.token_budget or ceiling.token_budget, ceiling.token_budget)
+        )
+        targets = self.allowed_targets if ceiling.allowed_targets is None else ceiling.allowed_targets
+        if ceiling.allowed_targets is not None and self.allowed_targets is not None:
+            targets = {
+                kind: [
+                    p for p in patterns if any(fnmatchcase(p.lower(), c.lower()) for c in ceiling.allowed_targets[kind])
+                ]
+                for kind, patterns in self.allowed_targets.items()
+                if kind in ceiling.allowed_targets
+            }
+        return RunLimits(
+            max_steps=min(self.max_steps, ceiling.max_steps),
+            max_writes=min(self.max_writes, ceiling.max_writes),
+            max_records=min(self.max_records, ceiling.max_records),
+            max_destructive=min(self.max_destructive, ceiling.max_destructive),
+            allowed_targets=targets,
+            token_budget=budget,
+        )
+
 
 @dataclass(frozen=True)
 class StepCost:

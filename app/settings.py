@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agents.limits import RunLimits
 from app.llm import LLMSettings
 from app.load import LoadSettings
 from app.routing import Policy, RouteSettings
@@ -101,6 +102,7 @@ class Settings(BaseSettings):
     fusion_adaptive: bool = FusionSettings.adaptive
     prefetch: int = FusionSettings.dense_prefetch
     agent_webhook_hosts: str = ""  # comma-separated hosts the webhook tool may call; empty: none
+    agent_limits: str = ""  # JSON RunLimits: the most any run may do; a request's limits can only be tighter
     log_level: str = "INFO"
     otel_exporter: str = ""  # OpenTelemetry traces: otlp (OTEL_EXPORTER_OTLP_ENDPOINT) | console | "" (off)
     sample_dir: Path = Field(default_factory=lambda: Path(__file__).resolve().parent.parent / "docs" / "sample-corpus")
@@ -169,6 +171,15 @@ class Settings(BaseSettings):
         if self.llm.enabled:
             tiers.append(tier_from_llm(self.llm, self.llm_context_window, self.llm_max_tokens))
         return tiers
+
+    @property
+    def run_limits(self) -> RunLimits:
+        if not self.agent_limits.strip():
+            return RunLimits()
+        try:
+            return RunLimits.model_validate_json(self.agent_limits)
+        except ValueError as exc:
+            raise ValueError(f"KB_AGENT_LIMITS is not a valid RunLimits JSON object: {exc}") from exc
 
     @property
     def route(self) -> RouteSettings:

@@ -73,7 +73,9 @@ def list_tools(principal: PrincipalDep, container: ContainerDep) -> dict[str, An
 def submit_run(body: RunIn, principal: PrincipalDep, container: ContainerDep) -> dict[str, Any]:
     """Check every step and limit, then run (or only plan, with `dry_run`); a refusal applies nothing."""
     steps = [Step(s.tool, s.input) for s in body.steps]
-    run = container.runner.submit(steps, principal, body.limits, dry_run=body.dry_run)
+    ceiling = container.settings.run_limits
+    limits = body.limits.within(ceiling) if body.limits is not None else ceiling
+    run = container.runner.submit(steps, principal, limits, dry_run=body.dry_run)
     if run.status == "refused":
         param = f"steps.{run.failed_step}" if run.failed_step is not None else None
         extra: dict[str, object] = {"rule": run.rule, "step": run.failed_step, "run_id": run.id}

@@ -57,3 +57,19 @@ def test_allowed_targets_match_ids_and_host_patterns_and_refuse_unlisted_kinds()
 def test_limits_reject_negative_values() -> None:
     with pytest.raises(ValidationError):
         RunLimits(max_steps=-1)
+
+
+def test_a_request_can_tighten_the_operators_limits_but_never_widen_them() -> None:
+    ceiling = RunLimits(max_steps=5, max_writes=2, token_budget=1000, allowed_targets={"url_host": ["*.example.com"]})
+    wide = RunLimits(
+        max_steps=50,
+        max_writes=1,
+        max_destructive=9,
+        token_budget=None,
+        allowed_targets={"url_host": ["api.example.com", "evil.com", "*.evil.com"], "source": ["notes"]},
+    )
+    got = wide.within(ceiling)
+    assert (got.max_steps, got.max_writes, got.max_destructive, got.token_budget) == (5, 1, 1, 1000)
+    assert got.allowed_targets == {"url_host": ["api.example.com"]}  # kinds and hosts the ceiling does not cover go
+    assert RunLimits(token_budget=10).within(RunLimits()).token_budget == 10
+    assert RunLimits().within(RunLimits(allowed_targets={"source": ["notes"]})).allowed_targets == {"source": ["notes"]}

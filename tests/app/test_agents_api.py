@@ -183,6 +183,16 @@ def test_a_caller_without_the_scope_is_refused_before_anything_runs(server: Serv
         assert run(r, [{"tool": "rm_rf", "input": {}}]).json()["error"]["rule"] == "unknown_tool"
 
 
+def test_a_run_cannot_raise_the_operators_limits(server: Server) -> None:
+    searches = [{"tool": "search_kb", "input": {"query": f"vacation {i}"}} for i in range(11)]
+    with reader(server) as r:
+        resp = run(r, searches, dry_run=True, limits={"max_steps": 50})
+        error = resp.json()["error"]
+        assert resp.status_code == 400 and (error["rule"], error["step"]) == ("max_steps", 10), error
+        tighter = run(r, searches[:3], dry_run=True, limits={"max_steps": 2}).json()["error"]
+        assert (tighter["rule"], tighter["step"]) == ("max_steps", 2)
+
+
 def test_the_webhook_calls_only_allowed_hosts_and_is_undone_on_rollback(server: Server, hooks: Hooks) -> None:
     hook = {"url": hooks.url("/hook"), "payload": {"text": "hello"}, "undo_url": hooks.url("/undo")}
     outside = {**hook, "url": hooks.url("/hook", host="localhost")}
