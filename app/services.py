@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 from anyio import to_thread
 
 from app.citations import CitationFilter, attribute, grounded_share
@@ -84,6 +85,21 @@ class SearchService:
         return self.retriever.search(query, principal, mode, top_k)
 
 
+class _SentenceVectors:
+    """The passages' sentence vectors, computed once per answer: the quote made after a generator's context
+    (routing, fallback, cascade) compresses the same sentences again and reuses them."""
+
+    def __init__(self, embed: Callable[[list[str]], np.ndarray]) -> None:
+        self.embed = embed
+        self.vectors: dict[str, np.ndarray] = {}
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self.vectors]
+        if missing:
+            self.vectors.update(zip(missing, np.asarray(self.embed(missing)), strict=True))
+        return np.stack([self.vectors[t] for t in texts]) if texts else np.asarray(self.embed([]))
+
+
 @dataclass
 class _Evidence:
     hits: list[Hit]
@@ -92,6 +108,7 @@ class _Evidence:
     usage: Usage
     calibrated: bool = False  # confidence is the reranker's calibrated probability, not a cosine
     agreement: float | None = None
+    vectors: _SentenceVectors | None = None
 
     @property
     def relevant_enough(self) -> bool:
@@ -137,6 +154,7 @@ class AnswerService:
     ) -> _Evidence:
         s = self.settings
         usage = Usage(degradation=level)
+        vectors = _SentenceVectors(self.embedder.embed_documents)
         depth = max(s.passages, self.reranker.settings.max_depth) if self.reranker.enabled else s.passages
         with stage(usage, "retrieve"):
             hits = self.retriever.search(query, principal, mode, depth, dense=qvec)
@@ -149,7 +167,7 @@ class AnswerService:
         hits = [r.hit for r in ranked][: s.passages]
         with stage(usage, "compress"):
             budget = s.context_tokens // 2 if level >= 2 else s.context_tokens
-            context = self._compress(query, qvec, hits, generate, budget)
+            context = self._compress(query, qvec, hits, generate, vectors, budget)
         confidence = ranked[0].confidence
         calibrated = confidence is not None
         if confidence is not None:
@@ -160,17 +178,23 @@ class AnswerService:
         if not relevant:
             log.info("answer.abstain reason=low_confidence confidence=%.3f", confidence)
             context = CompressedContext(tokens_in=context.tokens_in)
-        return _Evidence(hits, context, confidence, usage, calibrated, agreement)
+        return _Evidence(hits, context, confidence, usage, calibrated, agreement, vectors)
 
     def _compress(
-        self, query: str, qvec: list[float], hits: list[Hit], generate: bool, budget: int | None = None
+        self,
+        query: str,
+        qvec: list[float],
+        hits: list[Hit],
+        generate: bool,
+        embed: Callable[[list[str]], np.ndarray],
+        budget: int | None = None,
     ) -> CompressedContext:
         """The passages' best sentences: a generator's context budget, or the few an extractive answer quotes."""
         s = self.settings
         return compress(
             query,
             hits,
-            embed=self.embedder.embed_documents,
+            embed=embed,
             query_vec=qvec,
             count_tokens=self.tokens if generate and self.tokens else self.embedder.count_tokens,
             budget_tokens=(budget or s.context_tokens) if generate else s.quote_budget_tokens,
@@ -198,9 +222,10 @@ class AnswerService:
     async def _quoted(self, query: str, qvec: list[float], ev: _Evidence, recompress: bool) -> Answer:
         """The quoted answer; `recompress` when the context was cut for a generator (its budget is larger)."""
         if recompress:
-            with stage(ev.usage, "compress"):
-                context = await to_thread.run_sync(self._compress, query, qvec, ev.hits, False)
-            ev = _Evidence(ev.hits, context, ev.confidence, ev.usage, ev.calibrated, ev.agreement)
+            vectors = ev.vectors or _SentenceVectors(self.embedder.embed_documents)
+            with stage(ev.usage, "quote"):
+                context = await to_thread.run_sync(self._compress, query, qvec, ev.hits, False, vectors)
+            ev = _Evidence(ev.hits, context, ev.confidence, ev.usage, ev.calibrated, ev.agreement, vectors)
         answer = self._quote(ev)
         answer.usage.tier = self.tiers[0].name
         return answer

@@ -35,3 +35,19 @@ def test_a_second_identical_question_in_process_is_a_cache_hit(tmp_path: Path, e
     finally:
         cache.close()
         store.close()
+
+
+def test_sentence_vectors_are_computed_once_per_answer(embedder) -> None:  # type: ignore[no-untyped-def]
+    from app.services import _SentenceVectors
+
+    calls: list[list[str]] = []
+
+    def embed(texts: list[str]):  # type: ignore[no-untyped-def]
+        calls.append(list(texts))
+        return embedder.embed_documents(texts)
+
+    vectors = _SentenceVectors(embed)
+    first = vectors(["Employees get 25 days.", "The office opens at 7."])
+    again = vectors(["The office opens at 7.", "Employees get 25 days.", "Badges are blue."])
+    assert calls == [["Employees get 25 days.", "The office opens at 7."], ["Badges are blue."]]
+    assert (again[1] == first[0]).all() and again.shape == (3, embedder.dim)
