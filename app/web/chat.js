@@ -1,6 +1,7 @@
 // The kb chat page: sign in with an API key, ask, watch the cited answer stream, reopen conversations.
 // This module holds the page's state and wires its events; api.js talks to the server, render.js builds the DOM.
 import { api, forgetKey, getJson, readEvents, saveKey, storedKey, whenUnauthorized } from "./api.js";
+import { startApprovals, stopApprovals } from "./approvals.js";
 import {
   $,
   addAssistantMessage,
@@ -36,6 +37,7 @@ function newAnswer() {
 
 function showSignIn(message = "") {
   state.user = null;
+  stopApprovals();
   $("#app").hidden = true;
   $("#account").hidden = true;
   $("#sign-in-view").hidden = false;
@@ -52,6 +54,7 @@ function showApp(user) {
   $("#account").hidden = false;
   $("#sign-in-view").hidden = true;
   $("#app").hidden = false;
+  startApprovals(user);
   $("#question").focus();
 }
 
