@@ -172,6 +172,10 @@ def tier(name: str, price_in: float, price_out: float) -> dict[str, object]:
     }
 
 
+# Not the module server's Redis DB (12): two kb serve processes on one broker DB take each other's jobs.
+TIERED_DB = 4
+
+
 def tiered_env(routing: str, min_grounded: float) -> dict[str, str]:
     return {
         # the same served model twice, priced apart: the cascade's mechanics, not two models' quality
@@ -190,7 +194,7 @@ def test_a_cascade_escalates_an_ungrounded_answer_and_charges_each_tier(
     """No answer can be grounded at a required share above 1: the small tier answers silently, the big one
     streams, and both give way to the quoted answer; usage shows every call and its cost."""
     env = tiered_env("cascade", 1.01)
-    with sample_server(tmp_path_factory.mktemp("cascade") / "data", 12, env) as srv, srv.client() as c:
+    with sample_server(tmp_path_factory.mktemp("cascade") / "data", TIERED_DB, env) as srv, srv.client() as c:
         events = sse_events(c.post("/v1/answer", json={"question": VACATION, "stream": True}, timeout=300))
         again = c.post("/v1/answer", json={"question": VACATION}, timeout=300).json()
     names = [e for e, _ in events]
@@ -215,7 +219,7 @@ def test_a_cascade_escalates_an_ungrounded_answer_and_charges_each_tier(
 def test_an_accepted_cheap_answer_stops_the_cascade_and_a_repeat_costs_nothing(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    with sample_server(tmp_path_factory.mktemp("cheap") / "data", 12, tiered_env("cascade", 0.0)) as srv:
+    with sample_server(tmp_path_factory.mktemp("cheap") / "data", TIERED_DB, tiered_env("cascade", 0.0)) as srv:
         with srv.client() as c:
             first = c.post("/v1/answer", json={"question": VACATION}, timeout=300).json()
             repeat = c.post("/v1/answer", json={"question": VACATION}, timeout=300).json()
