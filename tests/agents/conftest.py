@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from agents.models import create_tables
@@ -27,8 +26,7 @@ from tests.agents.ledger import (
     Summarise,
     read_ledger,
 )
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from tests.conftest import postgres_database
 
 ALICE = Principal("alice", ("eng",), ("read", "ledger:read", "ledger:write", "ledger:delete", "notify"))
 READER = Principal("rita", ("eng",), ("read", "ledger:read"))
@@ -58,21 +56,12 @@ def any_sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ses
     if request.param == "sqlite":
         yield sqlite_sessions(tmp_path)
         return
-    name = f"kb_agents_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc}); run `make services`")
-    made = make_sessions(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
-    try:
-        yield made
-    finally:
-        made.kw["bind"].dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-        admin.dispose()
+    with postgres_database("kb_agents") as url:
+        made = make_sessions(url)
+        try:
+            yield made
+        finally:
+            made.kw["bind"].dispose()
 
 
 @dataclass

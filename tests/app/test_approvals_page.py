@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from tests.app.test_agents_api import kb
-from tests.app.test_chat_page import CHROMIUM, screenshot, sign_in
+from tests.app.test_chat_page import screenshot, sign_in
 from tests.conftest import Server, sample_server
 
 MARKUP = '<img src="x" onerror="window.__kbInjected = 1">'
@@ -22,29 +22,6 @@ MARKUP = '<img src="x" onerror="window.__kbInjected = 1">'
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with sample_server(tmp_path_factory.mktemp("approvals-page") / "data", 5) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium (the tests never download a browser)")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh browser profile; any uncaught script error fails the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 820})
-    tab = context.new_page()
-    tab.set_default_timeout(30_000)
-    script_errors: list[str] = []
-    tab.on("pageerror", lambda exc: script_errors.append(str(exc)))
-    yield tab
-    context.close()
-    assert script_errors == [], script_errors
 
 
 _keys: dict[str, str] = {}

@@ -10,12 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.app.test_api import make_key
 from tests.conftest import SAMPLE, Server, redis_db_url, start_server, wait_job
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENS = Path("/tmp/kb-screens")
 VACATION = "How many vacation days do I get per year?"
 SALARY = "What is the salary range for engineering level 2?"
@@ -69,29 +68,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium (the tests never download a browser)")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh browser profile (its own localStorage); any uncaught script error fails the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 820})
-    tab = context.new_page()
-    tab.set_default_timeout(30_000)
-    script_errors: list[str] = []
-    tab.on("pageerror", lambda exc: script_errors.append(str(exc)))
-    yield tab
-    context.close()
-    assert script_errors == [], script_errors
 
 
 def screenshot(page: Page, name: str) -> Path:

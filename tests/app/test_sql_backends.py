@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import create_key, resolve_key
@@ -19,8 +18,7 @@ from ingestion import catalog
 from ingestion.catalog import NotFound
 from ingestion.models import Document
 from retrieval.types import Citation
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from tests.conftest import postgres_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -28,21 +26,12 @@ def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[session
     if request.param == "sqlite":
         yield init_db(f"sqlite:///{tmp_path / 'kb.sqlite'}")
         return
-    name = f"kb_test_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc}); run `make services`")
-    made = init_db(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
-    try:
-        yield made
-    finally:
-        made.kw["bind"].dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-        admin.dispose()
+    with postgres_database("kb_test") as url:
+        made = init_db(url)
+        try:
+            yield made
+        finally:
+            made.kw["bind"].dispose()
 
 
 def test_keys_sources_jobs_and_documents_round_trip(sessions: sessionmaker[Session]) -> None:
