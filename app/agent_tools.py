@@ -137,6 +137,10 @@ class _NoteTool:
     def __init__(self, notes: NoteBook) -> None:
         self.notes = notes
 
+    def targets(self, input: Any) -> list[Target]:
+        """Every note step touches the notes source and its own document."""
+        return [Target("source", NOTES_SOURCE), Target("document", NoteBook.doc_id(input.name))]
+
     def _readable_note(self, name: str, principal: Principal) -> tuple[str, list[str]]:
         text, acl = self.notes.read(name), self.notes.acl(name)
         if text is None or acl is None or not _readable(acl, principal):
@@ -152,9 +156,6 @@ class CreateNote(_NoteTool, Tool[CreateNoteInput]):
     input_model = CreateNoteInput
     scope = "notes"
     effect = "write"
-
-    def targets(self, input: CreateNoteInput) -> list[Target]:
-        return [Target("source", NOTES_SOURCE), Target("document", NoteBook.doc_id(input.name))]
 
     def plan(self, input: CreateNoteInput, ctx: ToolContext) -> Plan:
         if self.notes.read(input.name) is not None:
@@ -187,9 +188,6 @@ class UpdateNote(_NoteTool, Tool[UpdateNoteInput]):
     effect = "write"
     idempotent = True
 
-    def targets(self, input: UpdateNoteInput) -> list[Target]:
-        return [Target("source", NOTES_SOURCE), Target("document", NoteBook.doc_id(input.name))]
-
     def plan(self, input: UpdateNoteInput, ctx: ToolContext) -> Plan:
         before, acl = self._readable_note(input.name, ctx.principal)
         return Plan(f"update note {input.name!r}", {"doc_id": NoteBook.doc_id(input.name), "acl": acl})
@@ -215,9 +213,6 @@ class DeleteNote(_NoteTool, Tool[DeleteNoteInput]):
     input_model = DeleteNoteInput
     scope = "notes"
     effect = "destructive"
-
-    def targets(self, input: DeleteNoteInput) -> list[Target]:
-        return [Target("source", NOTES_SOURCE), Target("document", NoteBook.doc_id(input.name))]
 
     def plan(self, input: DeleteNoteInput, ctx: ToolContext) -> Plan:
         text, acl = self._readable_note(input.name, ctx.principal)
