@@ -188,5 +188,6 @@ def _kept(c: _Candidate, tokens: int) -> KeptSentence:
         text=c.span.text,
         start_char=chunk.start_char + c.span.start,
         end_char=chunk.start_char + c.span.end,
+        tags=chunk.tags,
     )
     return KeptSentence(text=c.span.text, score=c.score, tokens=tokens, citation=citation, similarity=c.similarity)

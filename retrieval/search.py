@@ -24,7 +24,13 @@ class Retriever:
         self.settings = settings
 
     def build_query(
-        self, query: str, principal: Principal, mode: SearchMode, limit: int, dense: list[float] | None = None
+        self,
+        query: str,
+        principal: Principal,
+        mode: SearchMode,
+        limit: int,
+        dense: list[float] | None = None,
+        tags: list[str] | None = None,
     ) -> StoreQuery:
         fusion = self.settings.fusion
         terms = query_terms(query)
@@ -37,6 +43,7 @@ class Retriever:
             mode=mode,
             acl_groups=principal.readable_groups,
             limit=limit,
+            tags=list(tags) if tags else None,
             dense=dense,
             text=" ".join(terms),
             rrf_k=fusion.rrf_k,
@@ -52,10 +59,12 @@ class Retriever:
         mode: SearchMode = SearchMode.HYBRID,
         limit: int = 10,
         dense: list[float] | None = None,
+        tags: list[str] | None = None,
     ) -> list[Hit]:
-        """Top `limit` chunks the principal may read, best first (`dense`: the query's vector, if known)."""
+        """Top `limit` chunks the principal may read, best first (`dense`: the query's vector, if known;
+        `tags`: only chunks of documents with at least one of these tags)."""
         started = time.perf_counter()
-        request = self.build_query(query, principal, mode, limit, dense)
+        request = self.build_query(query, principal, mode, limit, dense, tags)
         if mode == SearchMode.BM25 and not request.text:
             return []
         if mode == SearchMode.HYBRID and not request.text:

@@ -36,11 +36,13 @@ class IndexedChunk:
 
 @dataclass(frozen=True)
 class StoreQuery:
-    """One engine query: a mode, its inputs, the caller's ACL groups (always applied) and fusion knobs."""
+    """One engine query: a mode, its inputs, the caller's ACL groups (always applied), an optional tag filter
+    (a hit has at least one of `tags`; it narrows the ACL filter, never replaces it) and fusion knobs."""
 
     mode: SearchMode
     acl_groups: list[str]
     limit: int
+    tags: list[str] | None = None
     dense: list[float] | None = None
     text: str = ""
     rrf_k: int = 2
@@ -82,6 +84,10 @@ class Store(Protocol):
         ...
 
     def set_acl(self, doc_id: str, acl: list[str]) -> None: ...
+
+    def set_tags(self, doc_id: str, tags: list[str]) -> None:
+        """Replace the `tags` of every chunk of a document (no re-embedding)."""
+        ...
 
     def query(self, request: StoreQuery) -> list[StoredPoint]: ...
 

@@ -15,7 +15,7 @@ from retrieval.store import IndexedChunk, ScrollingStore, StoredPoint, StoreQuer
 from retrieval.types import SearchMode
 
 log = logging.getLogger(__name__)
-_KEYWORD_FIELDS = ("acl", "doc_id", "source", "content_hash")
+_KEYWORD_FIELDS = ("acl", "doc_id", "source", "content_hash", "tags")
 
 
 class ShardOwner:
@@ -59,6 +59,7 @@ class EdgeStore(ScrollingStore, ShardOwner):
             try:
                 if self._exists():
                     self._shard = qe.EdgeShard.load(str(self.path))
+                    self._index_new_fields(self._shard)
                     return
                 self.path.mkdir(parents=True, exist_ok=True)
                 shard = qe.EdgeShard.create(str(self.path), self._config(dim))
@@ -72,6 +73,15 @@ class EdgeStore(ScrollingStore, ShardOwner):
             )
             self._shard = shard
             log.info("edge.create path=%s dim=%d", self.path, dim)
+
+    @staticmethod
+    def _index_new_fields(shard: qe.EdgeShard) -> None:
+        """A shard made before a keyword field existed (`tags`) gets its index when it is opened."""
+        present = set(shard.info().payload_schema)
+        for name in _KEYWORD_FIELDS:
+            if name not in present:
+                shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
+                log.info("edge.index_field field=%s", name)
 
     @property
     def shard(self) -> qe.EdgeShard:
@@ -107,25 +117,33 @@ class EdgeStore(ScrollingStore, ShardOwner):
         flt = qe.Filter(must=[qe.FieldCondition(key="doc_id", match=qe.MatchValue(doc_id))])
         self.shard.update(qe.UpdateOperation.set_payload_by_filter(flt, {"acl": acl}))
 
+    def set_tags(self, doc_id: str, tags: list[str]) -> None:
+        flt = qe.Filter(must=[qe.FieldCondition(key="doc_id", match=qe.MatchValue(doc_id))])
+        self.shard.update(qe.UpdateOperation.set_payload_by_filter(flt, {"tags": list(tags)}))
+
     def query(self, request: StoreQuery) -> list[StoredPoint]:
-        acl = qe.Filter(must=[qe.FieldCondition(key="acl", match=qe.MatchAny(list(request.acl_groups)))])
+        # The ACL condition is always there; a tag filter is one more `must`, so it can only narrow.
+        must: list[qe.ConditionType] = [qe.FieldCondition(key="acl", match=qe.MatchAny(list(request.acl_groups)))]
+        if request.tags:
+            must.append(qe.FieldCondition(key="tags", match=qe.MatchAny(list(request.tags))))
+        where = qe.Filter(must=must)
         dense = qe.Query.Nearest(request.dense, using=self.settings.dense_vector) if request.dense else None
         bm25 = qe.TextQuery(
             self.settings.text_field, request.text, qe.Bm25Params(k=self.settings.bm25_k1, b=self.settings.bm25_b)
         )
         if request.mode == SearchMode.DENSE:
-            req = qe.QueryRequest(limit=request.limit, query=dense, filter=acl, with_payload=True)
+            req = qe.QueryRequest(limit=request.limit, query=dense, filter=where, with_payload=True)
         elif request.mode == SearchMode.BM25:
-            req = qe.QueryRequest(limit=request.limit, query=bm25, filter=acl, with_payload=True)
+            req = qe.QueryRequest(limit=request.limit, query=bm25, filter=where, with_payload=True)
         else:
             req = qe.QueryRequest(
                 limit=request.limit,
                 with_payload=True,
-                filter=acl,
+                filter=where,
                 query=qe.Fusion.Rrf(k=request.rrf_k, weights=list(request.weights)),  # type: ignore[arg-type]
                 prefetches=[
-                    qe.Prefetch(limit=request.dense_prefetch, query=dense, filter=acl),
-                    qe.Prefetch(limit=request.bm25_prefetch, query=bm25, filter=acl),
+                    qe.Prefetch(limit=request.dense_prefetch, query=dense, filter=where),
+                    qe.Prefetch(limit=request.bm25_prefetch, query=bm25, filter=where),
                 ],
             )
         try:

@@ -14,7 +14,7 @@ from retrieval.store import IndexedChunk, ScrollingStore, StoredPoint, StoreQuer
 from retrieval.types import SearchMode
 
 log = logging.getLogger(__name__)
-_KEYWORD_FIELDS = ("acl", "doc_id", "source", "content_hash")
+_KEYWORD_FIELDS = ("acl", "doc_id", "source", "content_hash", "tags")
 UNAVAILABLE = (ResponseHandlingException, UnexpectedResponse, ConnectionError, TimeoutError)
 
 
@@ -37,6 +37,7 @@ class QdrantServerStore(ScrollingStore):
     def ensure_collection(self, dim: int) -> None:
         try:
             if self.client.collection_exists(self.collection):
+                self._index_new_fields()
                 return
             self.client.create_collection(
                 self.collection,
@@ -54,6 +55,13 @@ class QdrantServerStore(ScrollingStore):
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Qdrant server at {self.settings.qdrant_url} is not answering: {exc}") from exc
         log.info("qdrant.create collection=%s dim=%d", self.collection, dim)
+
+    def _index_new_fields(self) -> None:
+        """A collection made before a keyword field existed (`tags`) gets its index when it is opened."""
+        present = set(self.client.get_collection(self.collection).payload_schema or {})
+        for name in _KEYWORD_FIELDS:
+            if name not in present:
+                self.client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
 
     def upsert(self, points: list[IndexedChunk]) -> None:
         if not points:
@@ -81,10 +89,18 @@ class QdrantServerStore(ScrollingStore):
         flt = models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))])
         self.client.set_payload(self.collection, {"acl": acl}, points=flt, wait=True)
 
+    def set_tags(self, doc_id: str, tags: list[str]) -> None:
+        flt = models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))])
+        self.client.set_payload(self.collection, {"tags": list(tags)}, points=flt, wait=True)
+
     def query(self, request: StoreQuery) -> list[StoredPoint]:
-        acl = models.Filter(
-            must=[models.FieldCondition(key="acl", match=models.MatchAny(any=list(request.acl_groups)))]
-        )
+        # The ACL condition is always there; a tag filter is one more `must`, so it can only narrow.
+        must: list[models.Condition] = [
+            models.FieldCondition(key="acl", match=models.MatchAny(any=list(request.acl_groups)))
+        ]
+        if request.tags:
+            must.append(models.FieldCondition(key="tags", match=models.MatchAny(any=list(request.tags))))
+        where = models.Filter(must=must)
         bm25 = models.TextQuery(
             text=models.TextQueryInput(
                 query=request.text,
@@ -97,7 +113,7 @@ class QdrantServerStore(ScrollingStore):
                     self.collection,
                     query=request.dense,
                     using=self.settings.dense_vector,
-                    query_filter=acl,
+                    query_filter=where,
                     limit=request.limit,
                     with_payload=True,
                 )
@@ -106,7 +122,7 @@ class QdrantServerStore(ScrollingStore):
                     self.collection,
                     query=bm25,
                     using=self.settings.text_field,
-                    query_filter=acl,
+                    query_filter=where,
                     limit=request.limit,
                     with_payload=True,
                 )
@@ -117,15 +133,15 @@ class QdrantServerStore(ScrollingStore):
                         models.Prefetch(
                             query=request.dense,
                             using=self.settings.dense_vector,
-                            filter=acl,
+                            filter=where,
                             limit=request.dense_prefetch,
                         ),
                         models.Prefetch(
-                            query=bm25, using=self.settings.text_field, filter=acl, limit=request.bm25_prefetch
+                            query=bm25, using=self.settings.text_field, filter=where, limit=request.bm25_prefetch
                         ),
                     ],
                     query=models.RrfQuery(rrf=models.Rrf(k=request.rrf_k, weights=list(request.weights))),
-                    query_filter=acl,
+                    query_filter=where,
                     limit=request.limit,
                     with_payload=True,
                 )

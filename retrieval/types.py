@@ -50,6 +50,7 @@ class Chunk:
     section: str = ""
     start_char: int = 0
     end_char: int = 0
+    tags: tuple[str, ...] = ()  # the document's tags (front matter or an admin's override)
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -64,6 +65,7 @@ class Chunk:
             "section": self.section,
             "start_char": self.start_char,
             "end_char": self.end_char,
+            "tags": list(self.tags),
         }
 
     @classmethod
@@ -80,6 +82,7 @@ class Chunk:
             section=str(payload.get("section", "")),
             start_char=int(payload.get("start_char", 0)),
             end_char=int(payload.get("end_char", 0)),
+            tags=tuple(payload.get("tags", ()) or ()),  # points indexed before tags existed have none
         )
 
 
@@ -94,6 +97,11 @@ class Citation:
     text: str
     start_char: int = 0
     end_char: int = 0
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Citations come back from JSON (cache, conversations) with a list; keep the value hashable.
+        object.__setattr__(self, "tags", tuple(self.tags))
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,7 @@ class Hit:
             text=self.chunk.text,
             start_char=self.chunk.start_char,
             end_char=self.chunk.end_char,
+            tags=self.chunk.tags,
         )
 
 

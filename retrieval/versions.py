@@ -221,6 +221,9 @@ class LiveStore:
     def set_acl(self, doc_id: str, acl: list[str]) -> None:
         self.live.set_acl(doc_id, acl)
 
+    def set_tags(self, doc_id: str, tags: list[str]) -> None:
+        self.live.set_tags(doc_id, tags)
+
     def query(self, request: StoreQuery) -> list[StoredPoint]:
         return self.live.query(request)
 
