@@ -95,10 +95,11 @@ class ChatService:
         mode: SearchMode = SearchMode.HYBRID,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        tags: list[str] | None = None,
     ) -> AsyncGenerator[StreamItem, None]:
         """A stateless turn: the caller sends the history (the OpenAI-compatible endpoint)."""
         query, rewrite = await self.standalone(history, question)
-        items = self.answers.stream(principal, question, mode, history, query, max_tokens, temperature)
+        items = self.answers.stream(principal, question, mode, history, query, max_tokens, temperature, tags)
         async with aclosing(items):
             async for item in items:
                 if isinstance(item, Answer):
@@ -111,8 +112,10 @@ class ChatService:
         question: str,
         conversation_id: str | None = None,
         mode: SearchMode = SearchMode.HYBRID,
+        tags: list[str] | None = None,
     ) -> AsyncGenerator[TurnEvent, None]:
-        """TurnStarted, then the answer stream (text deltas, maybe a Restart, the Answer)."""
+        """TurnStarted, then the answer stream (text deltas, maybe a Restart, the Answer); `tags` narrows
+        retrieval to documents with at least one of them."""
         conv = self.store.open(principal.name, conversation_id, question)
         history = self.store.history(conv)
         query, rewrite = await self.standalone(history, question)
@@ -122,7 +125,8 @@ class ChatService:
         text, status = "", "failed"
         answer: Answer | None = None
         try:
-            async with aclosing(self.answers.stream(principal, question, mode, history, search_query=query)) as items:
+            items = self.answers.stream(principal, question, mode, history, search_query=query, tags=tags)
+            async with aclosing(items):
                 async for item in items:
                     if isinstance(item, Answer):
                         answer, status = item, "ok"

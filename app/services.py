@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -81,8 +81,10 @@ class SearchService:
     def __init__(self, retriever: Retriever) -> None:
         self.retriever = retriever
 
-    def search(self, principal: Principal, query: str, top_k: int, mode: SearchMode) -> list[Hit]:
-        return self.retriever.search(query, principal, mode, top_k)
+    def search(
+        self, principal: Principal, query: str, top_k: int, mode: SearchMode, tags: list[str] | None = None
+    ) -> list[Hit]:
+        return self.retriever.search(query, principal, mode, top_k, tags=tags)
 
 
 class _SentenceVectors:
@@ -150,14 +152,21 @@ class AnswerService:
 
     # -- evidence ---------------------------------------------------------------------------------------
     def _evidence(
-        self, principal: Principal, query: str, mode: SearchMode, generate: bool, qvec: list[float], level: int
+        self,
+        principal: Principal,
+        query: str,
+        mode: SearchMode,
+        generate: bool,
+        qvec: list[float],
+        level: int,
+        tags: list[str] | None = None,
     ) -> _Evidence:
         s = self.settings
         usage = Usage(degradation=level)
         vectors = _SentenceVectors(self.embedder.embed_documents)
         depth = max(s.passages, self.reranker.settings.max_depth) if self.reranker.enabled else s.passages
         with stage(usage, "retrieve"):
-            hits = self.retriever.search(query, principal, mode, depth, dense=qvec)
+            hits = self.retriever.search(query, principal, mode, depth, dense=qvec, tags=tags)
         if not hits:
             return _Evidence([], CompressedContext(), None, usage)
         agreement = self.retriever.agreement(query, hits, mode)
@@ -236,11 +245,12 @@ class AnswerService:
         question: str,
         mode: SearchMode = SearchMode.HYBRID,
         history: list[dict[str, str]] | None = None,
+        tags: list[str] | None = None,
     ) -> Answer:
         """The whole answer at once (CLI, evals)."""
 
         async def collect() -> Answer:
-            async with aclosing(self.stream(principal, question, mode, history or [])) as items:
+            async with aclosing(self.stream(principal, question, mode, history or [], tags=tags)) as items:
                 async for item in items:
                     if isinstance(item, Answer):
                         return item
@@ -254,9 +264,8 @@ class AnswerService:
         evidence: list[tuple[Citation, str]] = []
         for hit, kept in context.passages:
             text = " … ".join(" ".join(k.text.split()) for k in kept)
-            c = hit.citation
             start, end = kept[0].citation.start_char, kept[-1].citation.end_char
-            evidence.append((Citation(c.doc_id, c.path, c.title, c.chunk, text, start, end), text))
+            evidence.append((replace(hit.citation, text=text, start_char=start, end_char=end), text))
         return evidence
 
     def check_question(self, question: str) -> None:
@@ -305,16 +314,20 @@ class AnswerService:
         search_query: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        tags: list[str] | None = None,
     ) -> AsyncGenerator[StreamItem, None]:
         """Text deltas (str), possibly a Restart, and finally the Answer with citations and usage.
 
         `search_query` is what retrieval looks for (a standalone rewrite of a follow-up); the model answers
         `question` in the light of `history`. `max_tokens` may lower a tier's output budget, never raise it.
+        `tags`: retrieve only from documents with at least one of them (the ACL filter applies as always).
         """
         level = self.governor.enter()
         t0, done = time.perf_counter(), False
         try:
-            items = self._stream(principal, question, mode, history or [], search_query, max_tokens, temperature, level)
+            items = self._stream(
+                principal, question, mode, history or [], search_query, max_tokens, temperature, level, tags
+            )
             async with aclosing(items) as answer_items:
                 async for item in answer_items:
                     if isinstance(item, Answer):
@@ -334,6 +347,7 @@ class AnswerService:
         max_tokens: int | None,
         temperature: float | None,
         level: int,
+        tags: list[str] | None = None,
     ) -> AsyncGenerator[StreamItem, None]:
         query = search_query or question
         usage = Usage(degradation=level)
@@ -342,14 +356,14 @@ class AnswerService:
         cache = self.cache if self.cache is not None and self.cache.enabled and not history else None
         if cache is not None:
             with stage(usage, "cache"):
-                hit = await to_thread.run_sync(safe_lookup, cache, qvec, principal, mode.value)
+                hit = await to_thread.run_sync(safe_lookup, cache, qvec, principal, mode.value, tags)
             if hit is not None:
                 answer = _from_cache(hit, usage)
                 yield answer.text
                 yield answer
                 return
         generate = self.generates and level < 4
-        ev = await to_thread.run_sync(self._evidence, principal, query, mode, generate, qvec, level)
+        ev = await to_thread.run_sync(self._evidence, principal, query, mode, generate, qvec, level, tags)
         ev.usage.stages_ms = {**usage.stages_ms, **ev.usage.stages_ms}
         if not ev.relevant_enough:
             text = ABSTAIN_TEXT if generate else NO_ANSWER
@@ -365,7 +379,7 @@ class AnswerService:
         if not self.tiers[route.tier].generates:
             final = await self._quoted(query, qvec, ev, recompress=generate)
             yield final.text
-            self._keep(keep, qvec, query, mode, ev.hits, final)
+            self._keep(keep, qvec, query, mode, ev.hits, final, tags)
             yield final
         else:
             async with aclosing(
@@ -373,7 +387,7 @@ class AnswerService:
             ) as items:
                 async for item in items:
                     if isinstance(item, Answer):
-                        self._keep(keep, qvec, query, mode, ev.hits, item)
+                        self._keep(keep, qvec, query, mode, ev.hits, item, tags)
                     yield item
 
     def _keep(
@@ -384,15 +398,17 @@ class AnswerService:
         mode: SearchMode,
         hits: list[Hit],
         answer: Answer,
+        tags: list[str] | None = None,
     ) -> None:
         """Write a cacheable answer to the cache in the background: the caller gets it without waiting, and a
-        caller that stops reading at the answer (the CLI, evals) does not cancel the write."""
+        caller that stops reading at the answer (the CLI, evals) does not cancel the write. The entry is keyed
+        by the tag filter it was made under."""
         if cache is None or not _cacheable(answer):
             return
 
         def put() -> None:
             try:
-                cache.put(qvec, query, mode.value, hits, _to_cache(answer))
+                cache.put(qvec, query, mode.value, hits, _to_cache(answer), tags)
             except Exception as exc:  # the engines raise plain runtime errors; the answer is unaffected
                 log.warning("cache.put_failed error=%s", exc)
 

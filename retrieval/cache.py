@@ -5,7 +5,9 @@ An entry keeps the ids of the passages its answer used. A hit reads those points
 checks that (1) every one still exists, so a re-index that changed a document (new content, new point ids) or
 a full re-index that changed the chunks invalidates the entry, and (2) the caller's groups can read each one
 under its current ACL (the sorted groups the sources required, which `required_groups` records). Entries also
-carry the index version and the search mode, and expire after a TTL; the table is bounded in size, oldest out.
+carry the index version, the search mode and the tag filter the answer was made under (an answer made under
+one filter is never served under another, nor without one), and expire after a TTL; the table is bounded in
+size, oldest out.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ def readable(acl: list[str], principal: Principal) -> bool:
     return bool(set(acl) & set(principal.readable_groups))
 
 
+def tag_key(tags: list[str] | None) -> str:
+    """The tag filter as an exact-match key: sorted, deduplicated; "" for no filter."""
+    return ",".join(sorted(set(tags or [])))
+
+
 @dataclass(frozen=True)
 class CacheHit:
     """An earlier answer the caller may receive, with its passages as they are in the index now."""
@@ -90,13 +97,16 @@ class SemanticCache:
             self.table.ensure(dim)
             self._ready = True
 
-    def lookup(self, vector: list[float], principal: Principal, mode: str) -> CacheHit | None:
-        """The closest earlier answer above the threshold that is still valid for this caller, else None."""
+    def lookup(
+        self, vector: list[float], principal: Principal, mode: str, tags: list[str] | None = None
+    ) -> CacheHit | None:
+        """The closest earlier answer above the threshold that is still valid for this caller and made under the
+        same tag filter (`tags`), else None."""
         if not self.enabled or not self._ready:
             return None
         t0 = time.perf_counter()
         s = self.settings
-        match: dict[str, str | int] = {"mode": mode, "index_version": self.version()}
+        match: dict[str, str | int] = {"mode": mode, "index_version": self.version(), "tag_filter": tag_key(tags)}
         for entry in self.table.nearest(vector, s.candidates, s.threshold, match, self.clock()):
             ids = [str(i) for i in entry.payload.get("points", [])]
             current = {p.id: p for p in self.points(ids)} if ids else {}
@@ -106,6 +116,10 @@ class SemanticCache:
                 continue
             if not all(readable(list(p.payload.get("acl", [])), principal) for p in current.values()):
                 continue  # another caller's answer from passages this one may not read
+            if tags and not all(set(p.payload.get("tags") or []) & set(tags) for p in current.values()):
+                log.info("cache.stale entry=%s reason=tags_changed", entry.id)
+                self.table.delete([entry.id])  # a passage lost the filter's tags since: it would not be found now
+                continue
             hits = [Hit(Chunk.from_payload(current[i].payload), 0.0, i) for i in ids]
             return CacheHit(
                 entry.id,
@@ -117,8 +131,17 @@ class SemanticCache:
             )
         return None
 
-    def put(self, vector: list[float], question: str, mode: str, hits: list[Hit], answer: dict[str, Any]) -> str:
-        """Keep an answer built from `hits` (every passage its text may draw on); returns the entry id."""
+    def put(
+        self,
+        vector: list[float],
+        question: str,
+        mode: str,
+        hits: list[Hit],
+        answer: dict[str, Any],
+        tags: list[str] | None = None,
+    ) -> str:
+        """Keep an answer built from `hits` (every passage its text may draw on) under the tag filter `tags`;
+        returns the entry id."""
         if not self.enabled or not self._ready:
             return ""
         if not hits or any(not h.point_id for h in hits):
@@ -130,6 +153,7 @@ class SemanticCache:
             "question": question,
             "question_sha": hashlib.sha256(question.encode()).hexdigest(),
             "mode": mode,
+            "tag_filter": tag_key(tags),
             "index_version": self.version(),
             "points": [h.point_id for h in hits],
             "required_groups": required_groups([list(h.chunk.acl) for h in hits]),
@@ -165,10 +189,12 @@ class SemanticCache:
         self.table.close()
 
 
-def safe_lookup(cache: SemanticCache, vector: list[float], principal: Principal, mode: str) -> CacheHit | None:
+def safe_lookup(
+    cache: SemanticCache, vector: list[float], principal: Principal, mode: str, tags: list[str] | None = None
+) -> CacheHit | None:
     """A lookup that never fails an answer: an engine error is logged and counts as a miss."""
     try:
-        return cache.lookup(vector, principal, mode)
+        return cache.lookup(vector, principal, mode, tags)
     except Exception as exc:  # the engines raise plain runtime errors; a cache must never fail an answer
         log.warning("cache.lookup_failed error=%s", exc)
         return None

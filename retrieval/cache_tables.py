@@ -10,7 +10,7 @@ from retrieval.store import StoredPoint, StoreUnavailable
 from retrieval.store_edge import ShardOwner
 
 log = logging.getLogger(__name__)
-_KEYWORDS = ("mode", "kind")
+_KEYWORDS = ("mode", "kind", "tag_filter")
 _FLOATS = ("created_at", "expires_at")
 VECTOR = "q"
 
