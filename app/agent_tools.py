@@ -1,5 +1,6 @@
-"""The built-in agent tools: they act on this service's own data (search, notes, document ACLs, re-index) and
-on an allow-listed webhook, each with a plan that changes nothing and an undo that restores what it changed."""
+"""The built-in agent tools: they act on this service's own data (search, notes, document ACLs and tags,
+re-index) and on an allow-listed webhook, each with a plan that changes nothing and an undo that restores what
+it changed."""
 
 from __future__ import annotations
 
@@ -120,7 +121,13 @@ class SearchKb(Tool[SearchInput]):
     def apply(self, input: SearchInput, ctx: ToolContext) -> Applied:
         hits = self.retriever.search(input.query, ctx.principal, SearchMode.HYBRID, input.top_k)
         found = [
-            {"doc_id": h.chunk.doc_id, "title": h.chunk.title, "path": h.chunk.path, "text": h.chunk.text[:500]}
+            {
+                "doc_id": h.chunk.doc_id,
+                "title": h.chunk.title,
+                "path": h.chunk.path,
+                "tags": list(h.chunk.tags),
+                "text": h.chunk.text[:500],
+            }
             for h in hits
         ]
         # Retrieved text is data for the caller: nothing here turns it into a step.
@@ -232,51 +239,118 @@ class DocumentAclInput(BaseModel):
     acl: list[str] = Field(min_length=1, description="groups that may read the document, or ['public']")
 
 
-class SetDocumentAcl(Tool[DocumentAclInput]):
-    """Change who may read an indexed document, in SQL and in every chunk's payload; undo restores it.
-    A later re-index of the document's source recomputes the ACL from the source and front matter."""
+class DocumentTagsInput(BaseModel):
+    doc_id: str = Field(min_length=1, max_length=512)
+    tags: list[str] = Field(max_length=catalog.MAX_TAGS, description="the document's tags; [] for none")
 
-    name = "set_document_acl"
-    description = "Set the ACL groups of an indexed document (admin)."
-    input_model = DocumentAclInput
-    scope = "admin"
-    effect = "write"
-    idempotent = True
+
+class _DocumentLabel:
+    """Shared by the tools that override one label (`acl` or `tags`) of an indexed document: in its SQL row,
+    as an override that later re-indexes keep, and in every chunk's payload. Undo restores the label and the
+    override exactly as they were, "no override" included."""
+
+    label: str  # the Document column: "acl" or "tags"; its override is "<label>_override"
 
     def __init__(self, sessions: sessionmaker[Session], pipeline: IngestPipeline) -> None:
         self.sessions = sessions
         self.pipeline = pipeline
 
-    def targets(self, input: DocumentAclInput) -> list[Target]:
+    def targets(self, input: Any) -> list[Target]:
         return [Target("document", input.doc_id)]
 
-    def _current(self, doc_id: str) -> list[str]:
+    def _current(self, doc_id: str) -> tuple[list[str], list[str] | None]:
+        """The label as indexed, and its override (None: none)."""
         with self.sessions() as db:
             row = db.get(Document, doc_id)
             if row is None or row.status != "indexed":
                 raise catalog.NotFound(f"no indexed document {doc_id!r}; search for its doc_id first")
-            return list(row.acl)
+            override = getattr(row, f"{self.label}_override")
+            return list(getattr(row, self.label) or []), list(override) if override is not None else None
 
-    def _set(self, doc_id: str, acl: list[str]) -> None:
-        with self.sessions() as db:
+    def _write_payload(self, doc_id: str, value: list[str]) -> None:
+        if self.label == "acl":
+            self.pipeline.store.set_acl(doc_id, value)
+        else:
+            self.pipeline.store.set_tags(doc_id, value)
+
+    def _set(self, doc_id: str, value: list[str], override: list[str] | None) -> None:
+        # Under the pipeline's labels lock, SQL first: a job that reads the override after this commit indexes
+        # the new label, and one that read it before has written its payload already, which ours replaces.
+        with self.pipeline.labels_lock, self.sessions() as db:
             row = db.get(Document, doc_id)
             if row is None:
                 raise catalog.NotFound(f"document {doc_id!r} is gone")
-            self.pipeline.store.set_acl(doc_id, acl)
-            row.acl = acl
+            previous = (getattr(row, self.label), getattr(row, f"{self.label}_override"))
+            setattr(row, self.label, value)
+            setattr(row, f"{self.label}_override", override)
             db.commit()
+            try:
+                self._write_payload(doc_id, value)
+            except Exception:
+                setattr(row, self.label, previous[0])
+                setattr(row, f"{self.label}_override", previous[1])
+                db.commit()
+                raise
+
+    def _undo(self, doc_id: str, before: tuple[list[str], list[str] | None]) -> dict[str, Any]:
+        return {"doc_id": doc_id, "before": before[0], "override_before": before[1]}
+
+    def _restore(self, undo: dict[str, Any]) -> None:
+        # Undo records from before overrides existed have no `override_before`: there was none.
+        override = undo.get("override_before")
+        self._set(undo["doc_id"], list(undo["before"]), list(override) if override is not None else None)
+
+
+class SetDocumentAcl(_DocumentLabel, Tool[DocumentAclInput]):
+    """Change who may read an indexed document, in SQL and in every chunk's payload; undo restores it.
+    The ACL is kept as an override: later re-indexes of its source keep it instead of recomputing it."""
+
+    name = "set_document_acl"
+    description = "Set the ACL groups of an indexed document (admin); re-indexes keep them."
+    input_model = DocumentAclInput
+    scope = "admin"
+    effect = "write"
+    idempotent = True
+    label = "acl"
 
     def plan(self, input: DocumentAclInput, ctx: ToolContext) -> Plan:
         acl = catalog.validate_acl(input.acl)
-        return Plan(f"set the ACL of {input.doc_id} to {acl}", {"before": self._current(input.doc_id), "after": acl})
+        before, _override = self._current(input.doc_id)
+        return Plan(f"set the ACL of {input.doc_id} to {acl}", {"before": before, "after": acl})
 
     def apply(self, input: DocumentAclInput, ctx: ToolContext) -> Applied:
         acl, before = catalog.validate_acl(input.acl), self._current(input.doc_id)
-        self._set(input.doc_id, acl)
-        return Applied({"doc_id": input.doc_id, "acl": acl}, {"doc_id": input.doc_id, "before": before})
+        self._set(input.doc_id, acl, acl)
+        return Applied({"doc_id": input.doc_id, "acl": acl}, self._undo(input.doc_id, before))
 
     def compensate(self, undo: dict[str, Any], ctx: ToolContext) -> None:
-        self._set(undo["doc_id"], list(undo["before"]))
+        self._restore(undo)
+
+
+class SetDocumentTags(_DocumentLabel, Tool[DocumentTagsInput]):
+    """Replace an indexed document's tags (an empty list removes them), in SQL and in every chunk's payload;
+    undo restores them. The tags are kept as an override: later re-indexes keep them instead of the front matter's."""
+
+    name = "set_document_tags"
+    description = "Set the tags of an indexed document (admin); [] removes them; re-indexes keep them."
+    input_model = DocumentTagsInput
+    scope = "admin"
+    effect = "write"
+    idempotent = True
+    label = "tags"
+
+    def plan(self, input: DocumentTagsInput, ctx: ToolContext) -> Plan:
+        tags = catalog.validate_tags(input.tags)
+        before, _override = self._current(input.doc_id)
+        return Plan(f"set the tags of {input.doc_id} to {tags}", {"before": before, "after": tags})
+
+    def apply(self, input: DocumentTagsInput, ctx: ToolContext) -> Applied:
+        tags, before = catalog.validate_tags(input.tags), self._current(input.doc_id)
+        self._set(input.doc_id, tags, tags)
+        return Applied({"doc_id": input.doc_id, "tags": tags}, self._undo(input.doc_id, before))
+
+    def compensate(self, undo: dict[str, Any], ctx: ToolContext) -> None:
+        self._restore(undo)
 
 
 class ReindexInput(BaseModel):
@@ -390,6 +464,7 @@ def builtin_tools(
         UpdateNote(notes),
         DeleteNote(notes),
         SetDocumentAcl(sessions, pipeline),
+        SetDocumentTags(sessions, pipeline),
         ReindexSource(sessions, enqueue),
         Webhook(webhook_hosts),
     ]

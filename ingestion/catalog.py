@@ -14,6 +14,8 @@ from ingestion.models import Document, Job, JobFailure, Source
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _GROUP = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
+_TAG = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
+MAX_TAGS = 32
 
 
 class CatalogError(ValueError):
@@ -40,6 +42,21 @@ def validate_acl(acl: list[str]) -> list[str]:
         if not _GROUP.match(group):
             raise CatalogError("acl", f"invalid group name {group!r}: use letters, digits and _ . : @ -")
     return groups
+
+
+def validate_tags(tags: list[str]) -> list[str]:
+    """Tags as stored and matched: lowercased, deduplicated, sorted; an empty list is no tags."""
+    clean = sorted({t.strip().lower() for t in tags if t.strip()})
+    for tag in clean:
+        if not _TAG.match(tag):
+            raise CatalogError(
+                "tags",
+                f"invalid tag {tag!r}: use 1-64 letters, digits and _ . : - (starting with a letter or digit; "
+                "case is ignored)",
+            )
+    if len(clean) > MAX_TAGS:
+        raise CatalogError("tags", f"{len(clean)} tags given; a document or a filter takes at most {MAX_TAGS}")
+    return clean
 
 
 SOURCE_KINDS = ("directory", "upload", "web")

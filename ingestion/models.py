@@ -35,7 +35,10 @@ class Source(Base):
 
 
 class Document(Base):
-    """One indexed (or failed) file; its content hash decides whether re-ingest must embed it again."""
+    """One indexed (or failed) file; its content hash decides whether re-ingest must embed it again.
+
+    `acl` and `tags` are what the index holds. An admin's `acl_override` / `tags_override` (set by the agent
+    tools) replace what a re-index computes from the source and front matter until they are cleared (NULL)."""
 
     __tablename__ = "documents"
     id: Mapped[str] = mapped_column(String(512), primary_key=True)
@@ -44,6 +47,10 @@ class Document(Base):
     title: Mapped[str] = mapped_column(Text, default="")
     content_hash: Mapped[str] = mapped_column(String(64), default="")
     acl: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Added after the first release: nullable, so init_db adds them to an existing table in place.
+    tags: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    acl_override: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    tags_override: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(16), default="indexed")
     error: Mapped[str] = mapped_column(Text, default="")

@@ -9,14 +9,16 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingestion.chunking import Chunker
 from ingestion.inflight import InFlight
+from ingestion.labels import Labels, Overrides, effective_acl, front_matter_tags
 from ingestion.loaders import LoadError, load_file
 from ingestion.models import Document, Job, JobFailure, Source, utcnow
 from ingestion.sources import DirectorySource, SourceError, SourceFile, file_hash
@@ -25,7 +27,7 @@ from retrieval.bm25 import bm25_field_text
 from retrieval.embedder import TextEmbedder
 from retrieval.settings import IndexSettings
 from retrieval.store import IndexedChunk, Store, StoreQuery
-from retrieval.types import PUBLIC_GROUP, Chunk, SearchMode
+from retrieval.types import Chunk, SearchMode
 from retrieval.versions import LiveStore
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class _Run:
     store: Store
     force: bool = False  # rebuild: embed everything into the new version, trust no hash
     staged: dict[str, Document] | None = None  # rebuild: documents table rows, written at the switch
+    computed: dict[str, Labels] = field(default_factory=dict)  # rebuild: each document's labels from its source
     urls: dict[str, str] = field(default_factory=dict)  # web source: file name -> URL (the citation's path)
 
 
@@ -64,21 +67,14 @@ class _Pending:
     doc_id: str
     content_hash: str
     title: str
-    acl: list[str]
+    computed: Labels  # from the source's ACL and the front matter
+    overrides: Overrides  # as SQL had them when the document was prepared
     path: str = ""
     chunks: list[Chunk] = field(default_factory=list)
 
-
-def effective_acl(source_acl: list[str], narrowed: list[str] | None) -> list[str]:
-    """A document may narrow its source's groups; it can never widen them."""
-    if not narrowed:
-        return sorted(set(source_acl))
-    if PUBLIC_GROUP in source_acl:
-        return sorted(set(narrowed))
-    allowed = sorted(set(narrowed) & set(source_acl))
-    if not allowed:
-        raise LoadError(f"front matter acl {narrowed} shares no group with the source's acl {source_acl}")
-    return allowed
+    @property
+    def labels(self) -> Labels:
+        return self.overrides.apply(self.computed)
 
 
 class IngestPipeline:
@@ -105,6 +101,9 @@ class IngestPipeline:
         self._running = InFlight()
         # One writer at a time per index: a rebuild must not race an incremental job on the live version.
         self._write_lock = threading.Lock()
+        # Held while labels (ACL, tags) go to the index and SQL together, by jobs and by the agent tools that
+        # set overrides, so neither writes labels the other has just replaced. Held briefly, never while embedding.
+        self.labels_lock = threading.RLock()
 
     @property
     def chunker(self) -> Chunker:
@@ -268,6 +267,14 @@ class IngestPipeline:
         except BaseException:
             self.store.abandon(version, target)
             raise
+        with self.labels_lock:
+            # An admin may have changed a document's overrides while the new version was being built.
+            with self.sessions() as db:
+                live = {d.id: Overrides.of(d) for d in db.scalars(select(Document))}
+            self._carry_overrides(run, live)
+            self._switch(run, version, target)
+
+    def _switch(self, run: _Run, version: int, target: Store) -> None:
         with self.sessions() as db:
             # The switch: SQL rows and the live pointer change together, queries keep a complete index.
             db.query(Document).delete()
@@ -275,6 +282,23 @@ class IngestPipeline:
                 db.add(row)
             self.store.promote(version, target)
             db.commit()
+
+    def _carry_overrides(self, run: _Run, live: dict[str, Overrides]) -> None:
+        """Give the new version the overrides the live rows have now, payloads included."""
+        for doc_id, staged in (run.staged or {}).items():
+            now = live.get(doc_id, Overrides())
+            if now == Overrides(staged.acl_override, staged.tags_override):
+                continue
+            staged.acl_override, staged.tags_override = now.acl, now.tags
+            if staged.status != "indexed" or doc_id not in run.computed:
+                continue
+            labels = now.apply(run.computed[doc_id])
+            if labels.acl != sorted(staged.acl):
+                run.store.set_acl(doc_id, labels.acl)
+            if labels.tags != sorted(staged.tags or []):
+                run.store.set_tags(doc_id, labels.tags)
+            staged.acl, staged.tags = labels.acl, labels.tags
+            log.info("rebuild.override_carried doc=%s", doc_id)
 
     def _check_rebuild(self, run: _Run) -> None:
         staged = run.staged or {}
@@ -296,32 +320,42 @@ class IngestPipeline:
                 raise JobCancelled(job_id)
 
     def _prepare(self, run: _Run, source_id: str, source_acl: list[str], file: SourceFile) -> _Pending | None:
-        """Load one file; return it for embedding, or None when it was skipped, ACL-updated or failed."""
+        """Load one file; return it for embedding, or None when it was skipped, relabelled or failed."""
         doc_id = f"{source_id}:{file.relpath}"
         try:
             content_hash = file_hash(file.path, self.index_signature)
             loaded = load_file(file.path, self.max_file_bytes)
             narrowed = loaded.meta.get("acl")
             acl = effective_acl(source_acl, [narrowed] if isinstance(narrowed, str) else narrowed)
+            computed = Labels(acl, front_matter_tags(loaded.meta.get("tags")))
         except (LoadError, OSError) as exc:
             reason = exc.reason if isinstance(exc, LoadError) else f"cannot read file: {exc}"
             self._fail_doc(run, source_id, doc_id, file, reason)
             return None
-        if not run.force:
-            with self.sessions() as db:
-                row = db.get(Document, doc_id)
-                if row is not None and row.status == "indexed" and row.content_hash == content_hash:
-                    if sorted(row.acl) != acl:
-                        run.store.set_acl(doc_id, acl)  # ACL-only change: new payload, no embedding
-                        row.acl = acl
-                        db.commit()
-                    self._bump(run.job_id, docs_done=1, docs_skipped=1)
-                    return None
+        with self.labels_lock, self.sessions() as db:
+            # The live row (during a rebuild too: rows are replaced only at the switch) holds the overrides.
+            row = db.get(Document, doc_id)
+            overrides = Overrides.of(row)
+            labels = overrides.apply(computed)
+            unchanged = row is not None and row.status == "indexed" and row.content_hash == content_hash
+            if unchanged and not run.force:
+                assert row is not None
+                # Label-only change: new payload, no embedding.
+                if sorted(row.acl) != labels.acl:
+                    run.store.set_acl(doc_id, labels.acl)
+                    row.acl = labels.acl
+                if sorted(row.tags or []) != labels.tags:
+                    run.store.set_tags(doc_id, labels.tags)
+                    row.tags = labels.tags
+                db.commit()
+                self._bump(run.job_id, docs_done=1, docs_skipped=1)
+                return None
         spans = self.chunker.split(loaded.text)
         if not spans:
             self._fail_doc(run, source_id, doc_id, file, "document has no text to index")
             return None
-        item = _Pending(file, doc_id, content_hash, loaded.title, acl, path=run.urls.get(file.relpath, str(file.path)))
+        path = run.urls.get(file.relpath, str(file.path))
+        item = _Pending(file, doc_id, content_hash, loaded.title, computed, overrides, path=path)
         offsets = [offset for offset, _ in loaded.headings]
         for ordinal, span in enumerate(spans):
             heading = bisect.bisect_right(offsets, span.start_char) - 1
@@ -332,7 +366,8 @@ class IngestPipeline:
                     ordinal=ordinal,
                     text=span.text,
                     content_hash=content_hash,
-                    acl=tuple(acl),
+                    acl=tuple(labels.acl),
+                    tags=tuple(labels.tags),
                     title=loaded.title,
                     path=item.path,
                     section=loaded.headings[heading][1] if heading >= 0 else "",
@@ -346,9 +381,22 @@ class IngestPipeline:
         """Embed every pending chunk in one batch, upsert, then retire the documents' older versions."""
         if not pending:
             return
-        chunks = [c for p in pending for c in p.chunks]
-        texts = [embed_text(c) for c in chunks]
+        texts = [embed_text(c) for p in pending for c in p.chunks]
         vectors = self.embedder.embed_documents(texts)
+        with self.labels_lock:
+            self._write_batch(run, source_id, pending, texts, vectors)
+        if run.staged is None:
+            # Another process (server mode) may have set an override during the write: apply it now.
+            for p in self._refresh_overrides(pending):
+                self._relabel(run.store, p.doc_id, p.labels)
+        chunks = sum(len(p.chunks) for p in pending)
+        self._bump(run.job_id, docs_done=len(pending), chunks_indexed=chunks, chunks_embedded=chunks)
+
+    def _write_batch(self, run: _Run, source_id: str, pending: list[_Pending], texts: list[str], vectors: Any) -> None:
+        """Upsert the batch with the labels SQL holds now (an admin may have set an override while it was
+        embedded), then record the documents."""
+        self._refresh_overrides(pending)
+        chunks = [c for p in pending for c in p.chunks]
         points = [
             IndexedChunk(chunk=c, vector=[float(x) for x in v], bm25_text=bm25_field_text(t))
             for c, t, v in zip(chunks, texts, vectors, strict=True)
@@ -361,14 +409,42 @@ class IngestPipeline:
                     # New version first, then drop the old: a query never finds neither.
                     run.store.delete_doc(p.doc_id, keep_hash=p.content_hash)
                     row = db.get(Document, p.doc_id) or row
-                row.path, row.title, row.content_hash, row.acl = p.path, p.title, p.content_hash, p.acl
+                labels = p.labels
+                row.path, row.title, row.content_hash = p.path, p.title, p.content_hash
+                row.acl, row.tags = labels.acl, labels.tags
                 row.chunk_count, row.status, row.error = len(p.chunks), "indexed", ""
                 if run.staged is None:
-                    db.merge(row)
+                    db.merge(row)  # a live row keeps its override columns as they are
                 else:
+                    row.acl_override, row.tags_override = p.overrides.acl, p.overrides.tags
                     run.staged[p.doc_id] = row
+                    run.computed[p.doc_id] = p.computed
             db.commit()
-        self._bump(run.job_id, docs_done=len(pending), chunks_indexed=len(chunks), chunks_embedded=len(chunks))
+
+    def _refresh_overrides(self, pending: list[_Pending]) -> list[_Pending]:
+        """Re-read the overrides in SQL; the documents whose overrides changed get chunks with the new labels
+        and are returned."""
+        changed: list[_Pending] = []
+        with self.sessions() as db:
+            for p in pending:
+                now = Overrides.of(db.get(Document, p.doc_id))
+                if now == p.overrides:
+                    continue
+                p.overrides = now
+                labels = p.labels
+                p.chunks = [replace(c, acl=tuple(labels.acl), tags=tuple(labels.tags)) for c in p.chunks]
+                changed.append(p)
+        return changed
+
+    def _relabel(self, store: Store, doc_id: str, labels: Labels) -> None:
+        """Set a document's labels in every chunk's payload and in its SQL row."""
+        with self.labels_lock, self.sessions() as db:
+            store.set_acl(doc_id, labels.acl)
+            store.set_tags(doc_id, labels.tags)
+            row = db.get(Document, doc_id)
+            if row is not None:
+                row.acl, row.tags = labels.acl, labels.tags
+                db.commit()
 
     def _delete_vanished(self, job_id: str, source_id: str, present: set[str]) -> None:
         with self.sessions() as db:
@@ -403,7 +479,10 @@ class IngestPipeline:
             if run.staged is None:
                 db.merge(row)
             else:
-                row.acl, row.title = [], ""
+                row.acl, row.tags, row.title = [], [], ""
+                # A document that fails for now keeps its overrides for when it is fixed.
+                kept = Overrides.of(db.get(Document, doc_id))
+                row.acl_override, row.tags_override = kept.acl, kept.tags
                 run.staged[doc_id] = row
             db.add(JobFailure(job_id=run.job_id, path=file.relpath, reason=reason))
             db.commit()
