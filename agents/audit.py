@@ -16,8 +16,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from agents.models import AuditEvent, aware, utcnow
 
 GENESIS = "0" * 64
+# `proposed`: where a run's steps came from (an LLM's tool calls, a dry run being executed), before its plan.
 EVENTS = frozenset(
-    {"planned", "approved", "rejected", "applied", "failed", "compensated", "compensation_failed", "denied", "finished"}
+    {
+        "proposed",
+        "planned",
+        "approved",
+        "rejected",
+        "applied",
+        "failed",
+        "compensated",
+        "compensation_failed",
+        "denied",
+        "finished",
+    }
 )
 
 

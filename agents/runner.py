@@ -93,11 +93,17 @@ class Runner:
         *,
         dry_run: bool = False,
         tokens_spent: int = 0,
+        origin: dict[str, Any] | None = None,
     ) -> RunView:
-        """Check every step and limit, plan them, then run (or, with `dry_run`, only return the plans)."""
+        """Check every step and limit, plan them, then run (or, with `dry_run`, only return the plans).
+
+        `tokens_spent`: what making the plan already cost (an LLM's proposal), counted against the token budget.
+        `origin`: where the steps came from (the model and its raw tool calls, a dry run), kept in the audit log."""
         limits = limits or RunLimits()
         run_id = uuid.uuid4().hex
         self.store.create(run_id, principal, limits, dry_run, [(s.tool, as_json(s.input)) for s in steps], tokens_spent)
+        if origin is not None:
+            self.audit.append(run_id, "proposed", principal.name, result=origin)
         try:
             plans = self._admit(run_id, steps, principal, limits, tokens_spent)
         except _Refusal as refusal:
@@ -126,6 +132,18 @@ class Runner:
             return self.store.get(run_id)
         self.store.set_run(run_id, status="running")
         return self._advance(run_id)
+
+    def execute(self, run_id: str, principal: Principal) -> RunView:
+        """Run what a dry run planned, as a new run by the same principal with the same limits. Everything is
+        checked again (with the principal's scopes as they are now), since the data may have changed since."""
+        dry = self.store.get(run_id)
+        if dry.status != "dry_run":
+            raise InvalidRunState(f"run {run_id} is {dry.status!r}; only a dry run can be executed")
+        if dry.principal.name != principal.name:
+            raise ApprovalDenied(f"run {run_id} was planned by {dry.principal.name!r}; only they can execute it")
+        steps = [Step(s.tool, s.input) for s in dry.steps]
+        origin = {"by": "dry_run", "run_id": run_id}
+        return self.submit(steps, principal, dry.limits, tokens_spent=dry.tokens_spent, origin=origin)
 
     def get_run(self, run_id: str) -> RunView:
         return self.store.get(run_id)
@@ -321,29 +339,13 @@ class Runner:
                 error, attempt = self._compensate(tool, s.undo or {}, ctx)
             if error:
                 failures.append(s.position)
-                self.store.set_step(
-                    run_id, s.position, status="compensation_failed", error=error, compensation_attempts=attempt
-                )
-                self.audit.append(
-                    run_id,
-                    "compensation_failed",
-                    run.principal.name,
-                    step=s.position,
-                    tool=s.tool,
-                    input=s.undo,
-                    result={"error": error, "attempts": attempt},
-                )
-            else:
-                self.store.set_step(run_id, s.position, status="compensated", compensation_attempts=attempt)
-                self.audit.append(
-                    run_id,
-                    "compensated",
-                    run.principal.name,
-                    step=s.position,
-                    tool=s.tool,
-                    input=s.undo,
-                    result={"attempts": attempt},
-                )
+            event = "compensation_failed" if error else "compensated"
+            outcome: dict[str, Any] = {"error": error, "attempts": attempt} if error else {"attempts": attempt}
+            kept = {"error": error} if error else {}
+            self.store.set_step(run_id, s.position, status=event, compensation_attempts=attempt, **kept)
+            self.audit.append(
+                run_id, event, run.principal.name, step=s.position, tool=s.tool, input=s.undo, result=outcome
+            )
         status = "rollback_failed" if failures else "rolled_back"
         if failures:
             reason += f"; compensation failed for steps {sorted(failures)}: undo them by hand"

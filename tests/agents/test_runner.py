@@ -216,3 +216,50 @@ def test_replay_shows_what_changed_since_the_run_was_planned(world: World) -> No
     assert diffs[0].current["details"]["before"] == "9"
     assert diffs[1].current["details"] == {"rows": {"x": "1"}}
     assert world.ledger() == {"a": "9", "x": "1"}  # replay is a dry run
+
+
+def test_executing_a_dry_run_runs_its_plan_as_a_new_run_checked_again(world: World) -> None:
+    steps = [Step("put_entry", {"key": "a", "value": "1"}), Step("put_entry", {"key": "b", "value": "2"})]
+    dry = world.runner.submit(steps, ALICE, RunLimits(max_writes=2, token_budget=500), dry_run=True, tokens_spent=120)
+    assert dry.status == "dry_run" and world.ledger() == {}
+
+    run = world.runner.execute(dry.id, ALICE)
+    assert run.id != dry.id and run.status == "succeeded" and world.ledger() == {"a": "1", "b": "2"}
+    assert run.limits == dry.limits and run.tokens_spent == 120  # the proposal's tokens stay on the bill
+    assert [(e.event, e.result) for e in world.runner.audit.events(run.id)][0] == (
+        "proposed",
+        {"by": "dry_run", "run_id": dry.id},
+    )
+    with pytest.raises(InvalidRunState, match="only a dry run"):
+        world.runner.execute(run.id, ALICE)
+
+
+def test_only_the_planner_may_execute_a_dry_run_and_with_the_scopes_they_hold_now(world: World) -> None:
+    dry = world.runner.submit([Step("put_entry", {"key": "a", "value": "1"})], ALICE, dry_run=True)
+    with pytest.raises(ApprovalDenied, match="only they can execute it"):
+        world.runner.execute(dry.id, ADMIN)
+
+    demoted = Principal("alice", ("eng",), ("read", "ledger:read"))  # her key lost ledger:write since the plan
+    run = world.runner.execute(dry.id, demoted)
+    assert run.status == "refused" and run.rule == "scope" and world.ledger() == {}
+
+
+def test_the_origin_of_proposed_steps_is_audited_before_their_plan(world: World) -> None:
+    origin = {"by": "llm", "model": "m", "tool_calls": [{"name": "put_entry", "arguments": '{"key": "a"}'}]}
+    run = world.runner.submit(
+        [Step("put_entry", {"key": "a", "value": "1"})], ALICE, dry_run=True, tokens_spent=40, origin=origin
+    )
+    assert [(e.event, e.principal) for e in world.runner.audit.events(run.id)] == [
+        ("proposed", "alice"),
+        ("planned", "alice"),
+        ("finished", "alice"),
+    ]
+    assert world.runner.audit.events(run.id)[0].result == origin
+    assert world.runner.audit.verify_chain() is None
+
+
+def test_a_proposal_that_already_spent_the_budget_is_refused_before_any_step(world: World) -> None:
+    run = world.runner.submit(
+        [Step("summarise", {"estimate": 1, "spend": 1})], ALICE, RunLimits(token_budget=100), tokens_spent=100
+    )
+    assert run.status == "refused" and run.rule == "token_budget", run.reason
