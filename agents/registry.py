@@ -75,12 +75,15 @@ class Registry:
             if principal is None or principal.has_scope(t.scope)
         ]
 
-    def openai_tools(self, principal: Principal | None = None) -> list[dict[str, Any]]:
-        """The `tools=[...]` argument of an OpenAI chat completion; with a principal, only tools it may use."""
-        return [
-            {
-                "type": "function",
-                "function": {"name": d.name, "description": d.description, "parameters": d.input_schema},
-            }
-            for d in self.declarations(principal)
-        ]
+    def openai_tools(self, principal: Principal | None = None, strict: bool = False) -> list[dict[str, Any]]:
+        """The `tools=[...]` argument of an OpenAI chat completion; with a principal, only tools it may use.
+
+        `strict`: ask the server to hold the arguments to each input schema (vLLM then constrains decoding to
+        it; without it, a small model's arguments come out as free JSON)."""
+        tools = []
+        for d in self.declarations(principal):
+            function: dict[str, Any] = {"name": d.name, "description": d.description, "parameters": d.input_schema}
+            if strict:
+                function["strict"] = True
+            tools.append({"type": "function", "function": function})
+        return tools

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from agents.models import AgentRun
 from agents.registry import Registry
 from agents.runner import Runner
+from app.agent_proposals import RunProposer
 from app.agent_tools import builtin_tools
 from app.chat import ChatService
 from app.conversations import ConversationStore
@@ -120,6 +121,15 @@ class Container:
             )
         )
         self.runner = Runner(self.tools, self.sessions)
+        self.proposer = RunProposer(
+            self.tiers,
+            self.tools,
+            self.runner,
+            self.retriever,
+            settings.proposals,
+            quotas=self.quotas,
+            on_proposal=self.metrics.observe_proposal,
+        )
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
 

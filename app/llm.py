@@ -53,6 +53,19 @@ class Generation:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ToolCallReply:
+    """A non-streamed completion offered tools: the calls the model chose (OpenAI's shape, as dicts), its text,
+    why it stopped and the server's own token counts."""
+
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_ms: float = 0.0
+
+
 class LLMClient:
     """Chat completions against one OpenAI-compatible server, streamed token by token."""
 
@@ -149,6 +162,48 @@ class LLMClient:
         async for _ in self.stream(messages, max_tokens, temperature, on_done=done.append):
             pass
         return done[0]
+
+    async def call_tools(
+        self,
+        messages: list[dict[str, str]],
+        tools: list[dict[str, Any]],
+        tool_choice: str,
+        max_tokens: int,
+        temperature: float = 0.0,
+    ) -> ToolCallReply:
+        """One completion with `tools=`. `tool_choice="required"` makes vLLM constrain the output to valid calls
+        of the offered tools (structured outputs), which needs no tool-call parser on the server; `"auto"` needs
+        the server started with `--enable-auto-tool-choice --tool-call-parser NAME`."""
+        t0 = time.perf_counter()
+        try:
+            resp = await self._client.chat.completions.create(  # type: ignore[call-overload]
+                model=self.settings.model,
+                messages=messages,
+                tools=tools,
+                tool_choice=tool_choice,
+                max_tokens=max_tokens,
+                temperature=temperature,
+            )
+        except openai.OpenAIError as exc:
+            raise LLMUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        reply = ToolCallReply(total_ms=(time.perf_counter() - t0) * 1000)
+        if resp.usage is not None:
+            reply.prompt_tokens, reply.completion_tokens = resp.usage.prompt_tokens, resp.usage.completion_tokens
+        if resp.choices:
+            choice = resp.choices[0]
+            reply.finish_reason = choice.finish_reason or ""
+            reply.text = choice.message.content or ""
+            reply.tool_calls = [call.model_dump() for call in choice.message.tool_calls or []]
+        log.info(
+            "llm.tool_calls model=%s calls=%d prompt_tokens=%d completion_tokens=%d total_ms=%.0f finish=%s",
+            self.settings.model,
+            len(reply.tool_calls),
+            reply.prompt_tokens,
+            reply.completion_tokens,
+            reply.total_ms,
+            reply.finish_reason,
+        )
+        return reply
 
     async def close(self) -> None:
         for client in self._clients.values():

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from app.agent_proposals import Proposal
 from app.load import LEVELS, LoadGovernor
 from app.services import Answer
 
@@ -88,6 +89,9 @@ class AnswerMetrics:
             buckets=(0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
             registry=self.registry,
         )
+        self.proposals = Counter(
+            "kb_agent_proposals", "Runs the model was asked to propose, by outcome", ["outcome"], registry=self.registry
+        )
         self.errors = Counter("kb_errors", "Error responses by code", ["code"], registry=self.registry)
         self.registry.register(_FeedbackCollector(feedback_counts))
 
@@ -104,6 +108,14 @@ class AnswerMetrics:
 
     def count_error(self, code: str) -> None:
         self.errors.labels(code).inc()
+
+    def observe_proposal(self, proposal: Proposal) -> None:
+        """A model's run proposal: its outcome, and its tokens and cost under its tier like an answer's."""
+        status = proposal.run.status if proposal.run is not None else ""
+        self.proposals.labels(proposal.outcome if status != "refused" else "refused").inc()
+        self.tokens.labels("prompt", proposal.tier).inc(proposal.prompt_tokens)
+        self.tokens.labels("completion", proposal.tier).inc(proposal.completion_tokens)
+        self.cost.labels(proposal.tier).inc(proposal.cost)
 
     def observe(self, answer: Answer) -> None:
         if answer.abstained:

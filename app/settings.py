@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.limits import RunLimits
+from app.agent_proposals import ProposalSettings
 from app.llm import LLMSettings
 from app.load import LoadSettings
 from app.routing import Policy, RouteSettings
@@ -103,6 +105,11 @@ class Settings(BaseSettings):
     prefetch: int = FusionSettings.dense_prefetch
     agent_webhook_hosts: str = ""  # comma-separated hosts the webhook tool may call; empty: none
     agent_limits: str = ""  # JSON RunLimits: the most any run may do; a request's limits can only be tighter
+    agent_tier: str = ""  # the tier whose model proposes runs; empty: the most capable generating tier
+    agent_tool_choice: Literal["required", "auto"] = "required"  # auto needs vLLM's --enable-auto-tool-choice
+    agent_max_tokens: int = Field(default=ProposalSettings.max_tokens, ge=16)  # the model's output per proposal
+    agent_context_passages: int = Field(default=ProposalSettings.context_passages, ge=0, le=20)
+    agent_strict_tools: bool = ProposalSettings.strict_tools
     log_level: str = "INFO"
     otel_exporter: str = ""  # OpenTelemetry traces: otlp (OTEL_EXPORTER_OTLP_ENDPOINT) | console | "" (off)
     sample_dir: Path = Field(default_factory=lambda: Path(__file__).resolve().parent.parent / "docs" / "sample-corpus")
@@ -180,6 +187,16 @@ class Settings(BaseSettings):
             return RunLimits.model_validate_json(self.agent_limits)
         except ValueError as exc:
             raise ValueError(f"KB_AGENT_LIMITS is not a valid RunLimits JSON object: {exc}") from exc
+
+    @property
+    def proposals(self) -> ProposalSettings:
+        return ProposalSettings(
+            tier=self.agent_tier,
+            tool_choice=self.agent_tool_choice,
+            max_tokens=self.agent_max_tokens,
+            context_passages=self.agent_context_passages,
+            strict_tools=self.agent_strict_tools,
+        )
 
     @property
     def route(self) -> RouteSettings:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from agents.limits import RunLimits
 from agents.runner import Step
 from agents.store import RunView, principal_json
+from app.agent_proposals import ProposalRefused
 from app.api.deps import AdminDep, ContainerDep, PrincipalDep
 from app.api.errors import ApiError
 from app.container import Container
@@ -27,6 +28,12 @@ class StepIn(BaseModel):
 class RunIn(BaseModel):
     steps: list[StepIn] = Field(max_length=100)
     dry_run: bool = False
+    limits: RunLimits | None = None
+
+
+class ProposeIn(BaseModel):
+    request: str = Field(min_length=1, max_length=4000, description="what to do, in the caller's words")
+    dry_run: bool = True  # the default: show the plan; POST /v1/runs/{id}/execute runs it
     limits: RunLimits | None = None
 
 
@@ -69,17 +76,60 @@ def list_tools(principal: PrincipalDep, container: ContainerDep) -> dict[str, An
     return {"tools": [d.to_dict() for d in container.tools.declarations(principal)]}
 
 
-@router.post("/runs", status_code=status.HTTP_201_CREATED)
-def submit_run(body: RunIn, principal: PrincipalDep, container: ContainerDep) -> dict[str, Any]:
-    """Check every step and limit, then run (or only plan, with `dry_run`); a refusal applies nothing."""
-    steps = [Step(s.tool, s.input) for s in body.steps]
+def _limits(container: Container, asked: RunLimits | None) -> RunLimits:
     ceiling = container.settings.run_limits
-    limits = body.limits.within(ceiling) if body.limits is not None else ceiling
-    run = container.runner.submit(steps, principal, limits, dry_run=body.dry_run)
+    return asked.within(ceiling) if asked is not None else ceiling
+
+
+def _refused(run: RunView) -> None:
     if run.status == "refused":
         param = f"steps.{run.failed_step}" if run.failed_step is not None else None
         extra: dict[str, object] = {"rule": run.rule, "step": run.failed_step, "run_id": run.id}
         raise ApiError(400, "run_refused", run.reason, param=param, extra=extra)
+
+
+@router.post("/runs", status_code=status.HTTP_201_CREATED)
+def submit_run(body: RunIn, principal: PrincipalDep, container: ContainerDep) -> dict[str, Any]:
+    """Check every step and limit, then run (or only plan, with `dry_run`); a refusal applies nothing."""
+    steps = [Step(s.tool, s.input) for s in body.steps]
+    run = container.runner.submit(steps, principal, _limits(container, body.limits), dry_run=body.dry_run)
+    _refused(run)
+    return run_out(run)
+
+
+@router.post("/runs/propose")
+async def propose_run(body: ProposeIn, principal: PrincipalDep, container: ContainerDep) -> dict[str, Any]:
+    """The model turns a request into tool calls (only the caller's tools); they become a run, checked like any
+    other. `outcome`: `run` (see `run.status`: `dry_run`, `refused` with its rule, ...), `no_tool_call` or
+    `invalid` (the model's calls could not be read; nothing ran)."""
+    try:
+        p = await container.proposer.propose(principal, body.request, _limits(container, body.limits), body.dry_run)
+    except ProposalRefused as exc:
+        extra: dict[str, object] = {"rule": exc.rule} if exc.rule else {}
+        raise ApiError(exc.status, exc.code, exc.message, extra=extra) from None
+    return {
+        "outcome": p.outcome,
+        "run": run_out(p.run) if p.run is not None else None,
+        "text": p.text,
+        "tool_calls": p.tool_calls,
+        "error": p.error,
+        "passages": p.passages,
+        "usage": {
+            "tier": p.tier,
+            "model": p.model,
+            "prompt_tokens": p.prompt_tokens,
+            "completion_tokens": p.completion_tokens,
+            "cost": p.cost,
+            "total_ms": round(p.total_ms, 1),
+        },
+    }
+
+
+@router.post("/runs/{run_id}/execute", status_code=status.HTTP_201_CREATED)
+def execute_run(run_id: str, principal: PrincipalDep, container: ContainerDep) -> dict[str, Any]:
+    """Run what a dry run planned: a new run, checked again against the caller's scopes and the limits."""
+    run = container.runner.execute(run_id, principal)
+    _refused(run)
     return run_out(run)
 
 

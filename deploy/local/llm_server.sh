@@ -161,11 +161,14 @@ cmd_start() {
   local t0=$SECONDS
   if [ "$BACKEND" = vllm ]; then
     # setsid: own process group, so stop can end the engine-core child with it.
+    # A tool-call parser: vLLM refuses tool_choice "required" (agent run proposals) without one; with it,
+    # "required" constrains the output to valid calls of the offered tools, whatever the model's template.
     VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}" HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
       setsid "$PY" -m vllm.entrypoints.openai.api_server \
         --model "$MODEL_DIR" --served-model-name "$MODEL_NAME" \
         --host "$HOST" --port "$PORT" \
         --max-model-len 2048 --dtype float32 --enforce-eager \
+        --enable-auto-tool-choice --tool-call-parser "${KB_E2E_VLLM_TOOL_PARSER:-hermes}" \
         >>"$LOG" 2>&1 </dev/null &
   else
     # chatml: plain ChatML, without the default system prompt SmolLM2's own template adds when a request has

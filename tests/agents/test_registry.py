@@ -38,6 +38,8 @@ def test_openai_tools_offer_only_what_the_caller_may_use(world: World) -> None:
     assert put["function"]["description"] == "Set the value of a ledger entry."
     assert put["function"]["parameters"]["properties"]["key"]["type"] == "string"
     assert [t["function"]["name"] for t in world.registry().openai_tools(READER)] == ["summarise"]
+    assert "strict" not in put["function"]
+    assert all(t["function"]["strict"] is True for t in world.registry().openai_tools(READER, strict=True))
 
 
 def test_unknown_and_duplicate_names_are_clear_errors(sessions: sessionmaker[Session]) -> None:

@@ -71,16 +71,16 @@ def kb(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO, env=env, capture_output=True, text=True)
 
 
-_keys: dict[str, str] = {}
+_keys: dict[tuple[str, str], str] = {}
 
 
 def key(server: Server, name: str, groups: str = "eng", scopes: str = "") -> str:
-    """An API key made with `kb keys create NAME --groups G --scopes S`, once per name."""
-    if name not in _keys:
+    """An API key made with `kb keys create NAME --groups G --scopes S`, once per name and server."""
+    if (server.url, name) not in _keys:
         out = kb(server, "keys", "create", name, "--groups", groups, "--scopes", scopes)
         assert out.returncode == 0, out.stderr
-        _keys[name] = json.loads(out.stdout.strip().splitlines()[-1])["key"]
-    return _keys[name]
+        _keys[server.url, name] = json.loads(out.stdout.strip().splitlines()[-1])["key"]
+    return _keys[server.url, name]
 
 
 def writer(server: Server) -> httpx.Client:
@@ -329,3 +329,33 @@ def test_a_run_a_dead_server_left_running_is_rolled_back_when_it_starts_again(tm
             assert "notes:orphan.md" not in found(admin, "Cetus elevator")
     finally:
         second.stop()
+
+
+def test_a_dry_run_is_executed_by_its_planner_only_and_runs_once(server: Server) -> None:
+    text = "The Orion meeting room books through the front desk on floor five."
+    with writer(server) as w, reader(server) as r, approver(server) as a:
+        dry = run(w, [note("orion", text)], dry_run=True).json()
+        assert "notes:orion.md" not in found(r, "book the Orion meeting room")
+
+        other = a.post(f"/v1/runs/{dry['id']}/execute")
+        assert other.status_code == 403 and "only they can execute it" in other.json()["error"]["message"]
+
+        done = w.post(f"/v1/runs/{dry['id']}/execute")
+        assert done.status_code == 201 and done.json()["status"] == "succeeded", done.text
+        assert done.json()["id"] != dry["id"]
+        assert found(r, "book the Orion meeting room")[0] == "notes:orion.md"
+
+        again = w.post(f"/v1/runs/{done.json()['id']}/execute")
+        assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_run_state", again.text
+        # Executing the dry run a second time re-checks its plan, which now fails: the note exists.
+        twice = w.post(f"/v1/runs/{dry['id']}/execute")
+        assert twice.status_code == 400 and twice.json()["error"]["rule"] == "plan", twice.text
+
+
+def test_proposing_a_run_without_a_model_says_how_to_configure_one(server: Server) -> None:
+    with writer(server) as w:
+        resp = w.post("/v1/runs/propose", json={"request": "Write a note about the parking rules"})
+        empty = w.post("/v1/runs/propose", json={"request": ""})
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "llm_unavailable"
+    assert "KB_LLM_BASE_URL" in resp.json()["error"]["message"] and "POST /v1/runs" in resp.json()["error"]["message"]
+    assert empty.status_code == 422
