@@ -1,6 +1,7 @@
 // The kb chat page: sign in with an API key, ask, watch the cited answer stream, reopen conversations.
 // This module holds the page's state and wires its events; api.js talks to the server, render.js builds the DOM.
 import { api, forgetKey, getJson, readEvents, saveKey, storedKey, whenUnauthorized } from "./api.js";
+import { mayAct, proposeRun } from "./agent.js";
 import { startApprovals, stopApprovals } from "./approvals.js";
 import {
   $,
@@ -55,6 +56,7 @@ function showApp(user) {
   $("#sign-in-view").hidden = true;
   $("#app").hidden = false;
   startApprovals(user);
+  $("#act").hidden = !mayAct(user);
   $("#question").focus();
 }
 
@@ -282,6 +284,23 @@ $("#question").addEventListener("keydown", (event) => {
 });
 
 $("#stop").addEventListener("click", stopStreaming);
+
+$("#act").addEventListener("click", async () => {
+  const input = $("#question");
+  const request = input.value.trim();
+  if (!request) {
+    input.focus();
+    return;
+  }
+  input.value = "";
+  addUserMessage(request);
+  $("#act").disabled = true;
+  try {
+    await proposeRun(request);
+  } finally {
+    $("#act").disabled = false;
+  }
+});
 
 // ---------------------------------------------------------------- start
 

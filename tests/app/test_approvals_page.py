@@ -3,7 +3,6 @@ at a destructive step, an approver approves or rejects it on the page, and someo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +10,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.app.test_agents_api import kb
+from tests.app.test_agents_api import found, key
 from tests.app.test_chat_page import screenshot, sign_in
 from tests.conftest import Server, sample_server
 
@@ -22,18 +21,6 @@ MARKUP = '<img src="x" onerror="window.__kbInjected = 1">'
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with sample_server(tmp_path_factory.mktemp("approvals-page") / "data", 5) as srv:
         yield srv
-
-
-_keys: dict[str, str] = {}
-
-
-def key(server: Server, name: str, groups: str, scopes: str) -> str:
-    """An API key made with `kb keys create NAME --groups G --scopes S`, once per name on this module's server."""
-    if name not in _keys:
-        out = kb(server, "keys", "create", name, "--groups", groups, "--scopes", scopes)
-        assert out.returncode == 0, out.stderr
-        _keys[name] = json.loads(out.stdout.strip().splitlines()[-1])["key"]
-    return _keys[name]
 
 
 def writer_key(server: Server) -> str:
@@ -49,12 +36,6 @@ def submit(client: httpx.Client, steps: list[dict[str, Any]]) -> dict[str, Any]:
     assert resp.status_code == 201, resp.text
     body: dict[str, Any] = resp.json()
     return body
-
-
-def found(client: httpx.Client, query: str) -> list[str]:
-    resp = client.post("/v1/search", json={"query": query, "top_k": 10})
-    assert resp.status_code == 200, resp.text
-    return [h["doc_id"] for h in resp.json()["hits"]]
 
 
 def create_note(client: httpx.Client, name: str, text: str) -> None:
@@ -147,3 +128,20 @@ def test_a_user_without_the_approve_scope_sees_no_panel(page: Page, server: Serv
     page.wait_for_timeout(500)
     expect(page.locator("#approvals")).to_be_hidden()
     expect(page.locator(".approval-run")).to_have_count(0)
+
+
+def test_do_it_is_offered_to_a_writer_only_and_says_why_it_cannot_plan_without_a_model(
+    page: Page, server: Server
+) -> None:
+    sign_in(page, server, key(server, "rita", "eng", ""), "rita")
+    expect(page.locator("#act")).to_be_hidden()  # only read: no tool that changes anything
+
+    sign_in(page, server, writer_key(server), "wendy")
+    expect(page.locator("#act")).to_be_visible()
+    page.fill("#question", "Write a note that the Lyra kitchen closes at four")
+    page.click("#act")
+    card = page.locator(".agent-card")
+    expect(card.locator(".agent-head")).to_have_text("Could not plan that.")
+    expect(card.locator(".error")).to_contain_text("proposing a run needs a model")
+    expect(page.locator(".message.user").last).to_have_text("Write a note that the Lyra kitchen closes at four")
+    expect(card.locator("button.agent-run")).to_have_count(0)
