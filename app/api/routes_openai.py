@@ -14,13 +14,15 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.answer_out import citations_out, token_counts, until_disconnected, usage_out
 from app.api.deps import ContainerDep, PrincipalDep
 from app.api.errors import ApiError
+from app.api.schemas import TAGS_FILTER, tag_filter
 from app.chat import answer_flags
 from app.services import Answer, PromptTooLong, Restart, StreamItem
+from ingestion.catalog import MAX_TAGS
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 MAX_MESSAGES = 100
@@ -58,6 +60,9 @@ class ChatCompletionIn(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
+    tags: list[str] | None = Field(None, max_length=MAX_TAGS, description=f"kb extension: {TAGS_FILTER}")
+
+    _tags = field_validator("tags")(tag_filter)
 
 
 def _models(container: ContainerDep) -> list[str]:
@@ -128,6 +133,7 @@ async def chat_completions(
         history,
         max_tokens=body.max_completion_tokens or body.max_tokens,
         temperature=body.temperature,
+        tags=body.tags,
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())

@@ -23,7 +23,9 @@ router = APIRouter(prefix="/v1", tags=["query"])
 @router.post("/search", response_model=SearchOut)
 async def search(body: SearchIn, principal: PrincipalDep, container: ContainerDep) -> SearchOut:
     """Hybrid (or bm25 / dense) search over the chunks the caller may read."""
-    hits = await run_in_threadpool(container.search.search, principal, body.query.strip(), body.top_k, body.mode)
+    hits = await run_in_threadpool(
+        container.search.search, principal, body.query.strip(), body.top_k, body.mode, body.tags
+    )
     return SearchOut(
         query=body.query,
         mode=body.mode,
@@ -35,6 +37,7 @@ async def search(body: SearchIn, principal: PrincipalDep, container: ContainerDe
                 score=h.score,
                 text=h.chunk.text,
                 acl=list(h.chunk.acl),
+                tags=list(h.chunk.tags),
                 citation=CitationOut(**asdict(h.citation)),
             )
             for h in hits
@@ -50,7 +53,7 @@ async def answer(
     conversation. `stream: true` sends server-sent events: start, token…, citations, done."""
     container.quotas.check(principal)
     container.answers.check_question(body.question)
-    events = container.chat.turn(principal, body.question, body.conversation_id, body.mode)
+    events = container.chat.turn(principal, body.question, body.conversation_id, body.mode, body.tags)
     if body.stream:
         return StreamingResponse(sse(events, request), media_type="text/event-stream", headers=SSE_HEADERS)
     started, result = None, None

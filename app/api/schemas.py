@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.settings import MAX_ADAPT_MINUTES
+from ingestion.catalog import MAX_TAGS, validate_tags
 from retrieval.types import SearchMode
+
+TAGS_FILTER = "only documents with at least one of these tags (case is ignored); the ACL filter applies as always"
+
+
+def tag_filter(tags: list[str] | None) -> list[str] | None:
+    """A request's tag filter as the index matches it; an empty list is no filter."""
+    if tags is None:
+        return None
+    return validate_tags(tags) or None
 
 
 class SourceIn(BaseModel):
@@ -75,6 +85,9 @@ class SearchIn(BaseModel):
     query: str = Field(min_length=1, max_length=2000)
     top_k: int = Field(default=10, ge=1, le=100)
     mode: SearchMode = SearchMode.HYBRID
+    tags: list[str] | None = Field(None, max_length=MAX_TAGS, description=TAGS_FILTER)
+
+    _tags = field_validator("tags")(tag_filter)
 
 
 class CitationOut(BaseModel):
@@ -85,6 +98,7 @@ class CitationOut(BaseModel):
     text: str
     start_char: int
     end_char: int
+    tags: list[str] = []
 
 
 class HitOut(BaseModel):
@@ -94,6 +108,7 @@ class HitOut(BaseModel):
     score: float
     text: str
     acl: list[str]
+    tags: list[str]
     citation: CitationOut
 
 
@@ -109,6 +124,9 @@ class AnswerIn(BaseModel):
     mode: SearchMode = SearchMode.HYBRID
     stream: bool = Field(False, description="server-sent events: start, token…, citations, done")
     conversation_id: str | None = Field(None, max_length=32, description="continue this conversation")
+    tags: list[str] | None = Field(None, max_length=MAX_TAGS, description=TAGS_FILTER)
+
+    _tags = field_validator("tags")(tag_filter)
 
 
 class AnswerCitationOut(CitationOut):
