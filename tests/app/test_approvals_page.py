@@ -135,6 +135,7 @@ def test_do_it_is_offered_to_a_writer_only_and_says_why_it_cannot_plan_without_a
 ) -> None:
     sign_in(page, server, key(server, "rita", "eng", ""), "rita")
     expect(page.locator("#act")).to_be_hidden()  # only read: no tool that changes anything
+    page.click("#sign-out")
 
     sign_in(page, server, writer_key(server), "wendy")
     expect(page.locator("#act")).to_be_visible()
