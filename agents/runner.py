@@ -56,6 +56,9 @@ class _Refusal(Exception):
         self.rule, self.step, self.message = rule, step, message
 
 
+_DIED_APPLYING = "the process died while this step was applying: check what it did and undo that by hand"
+
+
 def _schema_errors(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors())
 
@@ -180,7 +183,8 @@ class Runner:
 
     def recover(self, run_id: str) -> RunView:
         """Roll back a run a dead process left `running` or `rolling_back` (call it only for such runs).
-        A step applied but not yet recorded when the process died cannot be known here."""
+        A step the process died inside (`applying`) cannot be undone from a record it never wrote: it is reported
+        as a compensation failure for a person to check, and the run ends `rollback_failed`."""
         run = self.store.get(run_id)
         if run.status not in {"running", "rolling_back"}:
             raise InvalidRunState(f"run {run_id} is {run.status!r}; only an interrupted run can be recovered")
@@ -282,6 +286,9 @@ class Runner:
                     self.store.set_step(run_id, s.position, status="awaiting_approval")
                     self.store.set_run(run_id, status="awaiting_approval", next_step=s.position)
                     return self.store.get(run_id)
+                # Marked first: a process that dies inside apply leaves the step `applying`, which recovery
+                # reports for a person to check instead of taking it as never run.
+                self.store.set_step(run_id, s.position, status="applying")
                 applied = tool.apply(data, ctx)
             except Exception as exc:  # tools are arbitrary code: any failure rolls the run back
                 error = f"{type(exc).__name__}: {exc}"
@@ -327,15 +334,18 @@ class Runner:
         self.store.set_run(run_id, status="rolling_back")
         run = self.store.get(run_id)
         failures = []
-        for s in reversed([s for s in run.steps if s.status == "applied"]):
+        for s in reversed([s for s in run.steps if s.status in {"applied", "applying"}]):
             ctx = ToolContext(run.principal, run_id, s.position)
+            tool: Tool[Any] | None = None
             try:
                 tool = self.registry.get(s.tool)
             except UnknownTool as exc:
-                tool, error, attempt = None, str(exc), 0
+                error, attempt = str(exc), 0
             if tool is not None and tool.effect == "read":
                 continue
-            if tool is not None:
+            if s.status == "applying":  # only after a crash: the step may have done anything and left no undo
+                error, attempt = _DIED_APPLYING, 0
+            elif tool is not None:
                 error, attempt = self._compensate(tool, s.undo or {}, ctx)
             if error:
                 failures.append(s.position)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -268,3 +269,14 @@ class Notify(Tool[NotifyInput]):
         lines = self.outbox.read_text().splitlines()
         lines.remove(undo["line"])
         self.outbox.write_text("".join(line + "\n" for line in lines))
+
+
+class DyingPut(PutEntry):
+    """Sets the entry, then kills its process before returning: a crash between a step's effect and its record."""
+
+    name = "dying_put"
+    description = "Set a ledger entry, then die (tests the crash between apply and its record)."
+
+    def apply(self, input: PutInput, ctx: ToolContext) -> Applied:
+        super().apply(input, ctx)
+        os._exit(3)

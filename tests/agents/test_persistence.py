@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
@@ -11,7 +14,8 @@ from agents.limits import RunLimits
 from agents.registry import Registry
 from agents.runner import Runner, Step
 from tests.agents.conftest import ALICE, APPROVER, World
-from tests.agents.ledger import DeleteEntries, PutEntry
+from tests.agents.ledger import DeleteEntries, DyingPut, PutEntry
+from tests.conftest import REPO
 
 
 def test_a_paused_run_is_approved_from_another_process(any_world: World) -> None:
@@ -64,3 +68,33 @@ def test_a_run_left_running_by_a_dead_process_is_rolled_back_on_recovery(world: 
 
     assert (recovered.status, recovered.rule, recovered.failed_step) == ("rolled_back", "interrupted", 1)
     assert world.ledger() == {"x": "1"}
+
+
+CRASHING_PROCESS = """
+import sys
+from agents.runner import Runner, Step
+from tests.agents.conftest import ALICE, make_sessions
+from tests.agents.ledger import DyingPut, PutEntry
+from agents.registry import Registry
+
+sessions = make_sessions(sys.argv[1])
+runner = Runner(Registry([PutEntry(sessions), DyingPut(sessions)]), sessions)
+runner.submit([Step("put_entry", {"key": "a", "value": "1"}), Step("dying_put", {"key": "b", "value": "2"})], ALICE)
+"""
+
+
+def test_a_step_its_process_died_inside_is_reported_for_a_person_not_taken_as_never_run(world: World) -> None:
+    url = world.sessions.kw["bind"].url.render_as_string(hide_password=False)
+    died = subprocess.run([sys.executable, "-c", CRASHING_PROCESS, url], cwd=REPO, capture_output=True, text=True)
+    assert died.returncode == 3, died.stderr  # the process really died inside the second step's apply
+    assert world.ledger() == {"a": "1", "b": "2"}  # and that step's effect is real
+    (left,) = world.runner.list_runs()
+    assert left.status == "running" and [s.status for s in left.steps] == ["applied", "applying"]
+
+    recovered = Runner(Registry([PutEntry(world.sessions), DyingPut(world.sessions)]), world.sessions).recover(left.id)
+
+    assert recovered.status == "rollback_failed" and recovered.compensation_failures == [1]
+    assert [s.status for s in recovered.steps] == ["compensated", "compensation_failed"]
+    assert "died while this step was applying" in recovered.steps[1].error
+    assert "undo them by hand" in recovered.reason
+    assert world.ledger() == {"b": "2"}  # the recorded step is undone; the other is left for the person
