@@ -53,7 +53,10 @@ class ProposalSettings:
     tier: str = ""
     tool_choice: ToolChoice = "required"
     max_tokens: int = 256
-    context_passages: int = 3
+    # Passages shown to the model as data. Off by default: measured on SmolLM2-135M (docs/BENCHMARKS.md), three
+    # passages halved the plans with the right first tool and doubled the tokens. A capable model can use them
+    # to fill in doc ids; they never widen what a proposal may do.
+    context_passages: int = 0
     strict_tools: bool = True  # `strict` on each tool: vLLM holds the arguments to the input schema
     min_output_tokens: int = 16  # below this, a token budget leaves the model no room to propose anything
 
@@ -181,7 +184,13 @@ class RunProposer:
             cost=tier.cost(reply.prompt_tokens, reply.completion_tokens),
             total_ms=reply.total_ms,
         )
-        if reply.tool_calls:
+        if not reply.tool_calls and reply.finish_reason == "length" and self.settings.tool_choice == "required":
+            proposal.outcome = "invalid"
+            proposal.error = (
+                f"the model was cut off at max_tokens={max_tokens} before it finished a tool call; nothing ran. "
+                "Ask again more briefly, or raise KB_AGENT_MAX_TOKENS"
+            )
+        elif reply.tool_calls:
             try:
                 steps = steps_from_tool_calls(reply.tool_calls)
             except BadToolCall as exc:

@@ -33,6 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "KB_LLM_TOKENIZER": LLM_TOKENIZER,
         "KB_LLM_TIMEOUT_SECONDS": "120",
         "KB_CACHE_ENABLED": "false",
+        "KB_AGENT_CONTEXT_PASSAGES": "3",  # off by default; on here so that a planted passage reaches the model
         "HF_HUB_OFFLINE": "1",
     }
     with sample_server(tmp_path_factory.mktemp("proposals") / "data", 2, env) as srv:
