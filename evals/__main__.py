@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from evals.agent_bench import add_parser as add_agent_parser
 from evals.cache_bench import add_parser as add_cache_parser
 from evals.ingest_bench import add_parser as add_ingest_parser
 from evals.load_bench import add_parser as add_load_parser
@@ -245,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     add_cache_parser(sub, DEFAULT_CACHE, _write)
     add_load_parser(sub, _write)
     add_routing_parser(sub, DEFAULT_CACHE, _write)
+    add_agent_parser(sub, _write)
     srv = sub.add_parser("serving", help="TTFT, latency, tok/s and prefix-cache hits of a model server per concurrency")
     srv.add_argument("--url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8011/v1 (or KB_TEST_LLM_URL)")
     srv.add_argument("--model", help="served model name (or KB_TEST_LLM_MODEL)")
