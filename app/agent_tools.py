@@ -77,7 +77,25 @@ class _DocumentLabel:
     as an override that later re-indexes keep, and in every chunk's payload. Undo restores the label and the
     override exactly as they were, "no override" included."""
 
-    label: str  # the Document column: "acl" or "tags"; its override is "<label>_override"
+    label: str  # the Document column and input field: "acl" or "tags"; its override is "<label>_override"
+    noun: str  # how the plan names it
+
+    @staticmethod
+    def validate(values: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def plan(self, input: Any, ctx: ToolContext) -> Plan:
+        value = self.validate(getattr(input, self.label))
+        before, _override = self._current(input.doc_id)
+        return Plan(f"set the {self.noun} of {input.doc_id} to {value}", {"before": before, "after": value})
+
+    def apply(self, input: Any, ctx: ToolContext) -> Applied:
+        value, before = self.validate(getattr(input, self.label)), self._current(input.doc_id)
+        self._set(input.doc_id, value, value)
+        return Applied({"doc_id": input.doc_id, self.label: value}, self._undo(input.doc_id, before))
+
+    def compensate(self, undo: dict[str, Any], ctx: ToolContext) -> None:
+        self._restore(undo)
 
     def __init__(self, sessions: sessionmaker[Session], pipeline: IngestPipeline) -> None:
         self.sessions = sessions
@@ -139,20 +157,11 @@ class SetDocumentAcl(_DocumentLabel, Tool[DocumentAclInput]):
     scope = "admin"
     effect = "write"
     idempotent = True
-    label = "acl"
+    label, noun = "acl", "ACL"
 
-    def plan(self, input: DocumentAclInput, ctx: ToolContext) -> Plan:
-        acl = catalog.validate_acl(input.acl)
-        before, _override = self._current(input.doc_id)
-        return Plan(f"set the ACL of {input.doc_id} to {acl}", {"before": before, "after": acl})
-
-    def apply(self, input: DocumentAclInput, ctx: ToolContext) -> Applied:
-        acl, before = catalog.validate_acl(input.acl), self._current(input.doc_id)
-        self._set(input.doc_id, acl, acl)
-        return Applied({"doc_id": input.doc_id, "acl": acl}, self._undo(input.doc_id, before))
-
-    def compensate(self, undo: dict[str, Any], ctx: ToolContext) -> None:
-        self._restore(undo)
+    @staticmethod
+    def validate(values: list[str]) -> list[str]:
+        return catalog.validate_acl(values)
 
 
 class SetDocumentTags(_DocumentLabel, Tool[DocumentTagsInput]):
@@ -165,20 +174,11 @@ class SetDocumentTags(_DocumentLabel, Tool[DocumentTagsInput]):
     scope = "admin"
     effect = "write"
     idempotent = True
-    label = "tags"
+    label, noun = "tags", "tags"
 
-    def plan(self, input: DocumentTagsInput, ctx: ToolContext) -> Plan:
-        tags = catalog.validate_tags(input.tags)
-        before, _override = self._current(input.doc_id)
-        return Plan(f"set the tags of {input.doc_id} to {tags}", {"before": before, "after": tags})
-
-    def apply(self, input: DocumentTagsInput, ctx: ToolContext) -> Applied:
-        tags, before = catalog.validate_tags(input.tags), self._current(input.doc_id)
-        self._set(input.doc_id, tags, tags)
-        return Applied({"doc_id": input.doc_id, "tags": tags}, self._undo(input.doc_id, before))
-
-    def compensate(self, undo: dict[str, Any], ctx: ToolContext) -> None:
-        self._restore(undo)
+    @staticmethod
+    def validate(values: list[str]) -> list[str]:
+        return catalog.validate_tags(values)
 
 
 class ReindexInput(BaseModel):

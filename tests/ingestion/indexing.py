@@ -21,6 +21,7 @@ from retrieval.settings import IndexSettings
 from retrieval.types import Principal, SearchMode
 from retrieval.versions import LiveStore, open_versions
 from tests.conftest import postgres_database
+from tests.ingestion.test_pipeline import Env
 
 ADMIN = Principal("root", scopes=("admin",))
 OUTSIDER = Principal("visitor")
@@ -39,20 +40,8 @@ def tag_corpus(corpus: Path) -> None:
 
 
 @dataclass
-class Stack:
-    pipeline: IngestPipeline
-    retriever: Retriever
-    store: LiveStore
-    corpus: Path
-
-    def ingest(self, acl: tuple[str, ...] = ("public",)) -> dict[str, object]:
-        with self.pipeline.sessions() as db:
-            try:
-                catalog.create_source(db, "docs", str(self.corpus), list(acl))
-            except catalog.Conflict:
-                catalog.update_source(db, "docs", acl=list(acl))
-            job_id = catalog.open_job(db, "docs").id
-        return self.pipeline.run_job(job_id)
+class Stack(Env):
+    """test_pipeline's Env, with a rebuild, label reads and the label tools."""
 
     def rebuild(self) -> dict[str, object]:
         with self.pipeline.sessions() as db:
