@@ -171,9 +171,9 @@ class LLMClient:
         max_tokens: int,
         temperature: float = 0.0,
     ) -> ToolCallReply:
-        """One completion with `tools=`. `tool_choice="required"` makes vLLM constrain the output to valid calls
-        of the offered tools (structured outputs), which needs no tool-call parser on the server; `"auto"` needs
-        the server started with `--enable-auto-tool-choice --tool-call-parser NAME`."""
+        """One completion with `tools=`. vLLM accepts `tool_choice="required"` only from a server started with a
+        `--tool-call-parser`, and then constrains the output to calls of the offered tools (with arguments held
+        to each schema when the tool says `strict`); `"auto"` also needs `--enable-auto-tool-choice`."""
         t0 = time.perf_counter()
         try:
             resp = await self._client.chat.completions.create(  # type: ignore[call-overload]

@@ -13,7 +13,7 @@ from playwright.sync_api import Page, expect
 
 from tests.app.test_agents_api import PLANTED, found, key, note
 from tests.app.test_chat_page import screenshot, sign_in
-from tests.app.test_generation_e2e import LLM_MODEL, LLM_TOKENIZER, LLM_URL, VLLM, server_metric
+from tests.app.test_generation_e2e import LLM_ENV, LLM_MODEL, LLM_URL, VLLM, server_metric
 from tests.conftest import Server, sample_server
 
 pytestmark = [
@@ -27,15 +27,8 @@ LUNCH = "Create a note named lunch-menu titled Lunch menu saying that Friday lun
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {
-        "KB_LLM_BASE_URL": LLM_URL,
-        "KB_LLM_MODEL": LLM_MODEL,
-        "KB_LLM_TOKENIZER": LLM_TOKENIZER,
-        "KB_LLM_TIMEOUT_SECONDS": "120",
-        "KB_CACHE_ENABLED": "false",
-        "KB_AGENT_CONTEXT_PASSAGES": "3",  # off by default; on here so that a planted passage reaches the model
-        "HF_HUB_OFFLINE": "1",
-    }
+    # Passages are off by default; on here so that a planted passage reaches the model.
+    env = {**LLM_ENV, "KB_AGENT_CONTEXT_PASSAGES": "3"}
     with sample_server(tmp_path_factory.mktemp("proposals") / "data", 2, env) as srv:
         yield srv
 

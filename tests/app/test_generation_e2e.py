@@ -29,17 +29,20 @@ pytestmark = [
 ]
 
 
+# A kb serve that asks the model server; no cache: these tests ask the same question and look at each generation.
+LLM_ENV = {
+    "KB_LLM_BASE_URL": LLM_URL,
+    "KB_LLM_MODEL": LLM_MODEL,
+    "KB_LLM_TOKENIZER": LLM_TOKENIZER,
+    "KB_LLM_TIMEOUT_SECONDS": "120",
+    "KB_CACHE_ENABLED": "false",
+    "HF_HUB_OFFLINE": "1",
+}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {
-        "KB_LLM_BASE_URL": LLM_URL,
-        "KB_LLM_MODEL": LLM_MODEL,
-        "KB_LLM_TOKENIZER": LLM_TOKENIZER,
-        "KB_LLM_TIMEOUT_SECONDS": "120",
-        "KB_LLM_MAX_TOKENS": "96",
-        "KB_CACHE_ENABLED": "false",  # these tests ask the same question and look at each generation
-        "HF_HUB_OFFLINE": "1",
-    }
+    env = {**LLM_ENV, "KB_LLM_MAX_TOKENS": "96"}
     with sample_server(tmp_path_factory.mktemp("llm") / "data", 12, env) as srv:
         yield srv
 
