@@ -3,6 +3,7 @@ filter on what comes back (Edge and server backends; SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from app.db import init_db
 from ingestion import catalog
 from retrieval.embedder import Embedder
 from retrieval.types import SearchMode
+from tests.conftest import SAMPLE
 from tests.ingestion.indexing import HR, OUTSIDER, STACKS, Stack, stack, tag_corpus
 
 VACATION, SALARY, SECURITY = "docs:vacation-policy.md", "docs:salary-bands.md", "docs:security.md"
@@ -25,9 +27,22 @@ def env(request: pytest.FixtureRequest, tmp_path: Path, corpus: Path, embedder: 
         yield made
 
 
-def test_front_matter_tags_are_stored_indexed_and_returned_with_each_hit(env: Stack) -> None:
-    result = env.ingest()
-    assert result["status"] == "succeeded" and result["docs_failed"] == 0
+@pytest.fixture(scope="module", params=STACKS, ids=["-".join(s) for s in STACKS])
+def indexed(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, embedder: Embedder
+) -> Iterator[Stack]:
+    """The tagged sample corpus indexed once per stack, for the tests that only read it."""
+    root = tmp_path_factory.mktemp("tags-indexed")
+    shutil.copytree(SAMPLE, root / "corpus")
+    tag_corpus(root / "corpus")
+    with stack(root, root / "corpus", embedder, *request.param) as made:
+        result = made.ingest()
+        assert result["status"] == "succeeded" and result["docs_failed"] == 0, result
+        yield made
+
+
+def test_front_matter_tags_are_stored_indexed_and_returned_with_each_hit(indexed: Stack) -> None:
+    env = indexed
     assert env.row(VACATION).tags == ["leave", "policy"]  # lowercased and sorted
     assert env.row(SALARY).tags == ["leave", "pay"]  # from the string form `tags: pay, leave`
     assert env.row(SECURITY).tags == []
@@ -39,8 +54,8 @@ def test_front_matter_tags_are_stored_indexed_and_returned_with_each_hit(env: St
 
 
 @pytest.mark.parametrize("mode", list(SearchMode))
-def test_the_tag_filter_narrows_to_tagged_documents_and_never_widens_the_acl(env: Stack, mode: SearchMode) -> None:
-    env.ingest()
+def test_the_tag_filter_narrows_to_tagged_documents_and_never_widens_the_acl(indexed: Stack, mode: SearchMode) -> None:
+    env = indexed
     question = "vacation days salary range"
     assert env.doc_ids(question, OUTSIDER, mode, ["leave"]) == [VACATION]
     assert env.doc_ids(question, OUTSIDER, mode, ["pay"]) == []  # only the HR document is tagged `pay`
